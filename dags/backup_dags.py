@@ -1,0 +1,7 @@
+"""pg_backup Airflow DAGs: one set per target in the config file ($PG_BACKUP_CONFIG)."""
+
+from __future__ import annotations
+
+from pg_backup.dag_factory import load_dags
+
+globals().update(load_dags())

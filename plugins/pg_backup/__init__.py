@@ -1,0 +1,1 @@
+"""pg_backup: verified PostgreSQL backups as Airflow 3 DAGs."""

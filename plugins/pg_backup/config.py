@@ -1,0 +1,344 @@
+"""The one configuration file: load, merge defaults into targets, validate once.
+
+The file holds connection ids and knobs, never secrets. Every error names the file, the field,
+the bad value and the fix, because it surfaces as an import error in the Airflow UI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+CONFIG_ENV = "PG_BACKUP_CONFIG"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "dags" / "pg_backup.yaml"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB|K|M|G|T)?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing or invalid; the message says where and how to fix it."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Turn ``90s``, ``30m``, ``2h`` or ``1d`` (or a number of seconds) into a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration: write it like 90s, 30m, 2h or 1d")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_size(value: Any) -> int:
+    """Turn ``64MiB``, ``1G`` or a plain number of bytes into bytes (binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size: write it like 64MiB, 512M or 2G")
+    unit = (match.group(2) or "").lower()[:1]
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+ConnId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=250)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ObjectLock(_Model):
+    """S3 Object Lock retention applied to every uploaded object."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"] = "GOVERNANCE"
+    days: int = Field(30, ge=1, le=36500)
+
+
+class StorageConfig(_Model):
+    """Where backup sets go: ``s3://bucket/prefix`` or ``file:///absolute/path``."""
+
+    url: str = Field(description="s3://bucket/prefix or file:///absolute/path")
+    aws_conn_id: ConnId = "aws_default"
+    sweep_aws_conn_id: ConnId | None = None
+    storage_class: str | None = None
+    sse_kms_key_id: str | None = None
+    object_lock: ObjectLock | None = None
+    multipart_chunksize: Size = Field(64 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            bucket = value[5:].split("/", 1)[0]
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+                raise ValueError(f"{bucket!r} is not a valid S3 bucket name")
+            return value.rstrip("/")
+        if value.startswith("file://"):
+            path = value[7:]
+            if not path.startswith("/"):
+                raise ValueError("a file:// URL needs an absolute path, like file:///srv/pg_backup")
+            return value.rstrip("/") if path != "/" else value
+        raise ValueError("must start with s3:// or file://")
+
+
+class DumpConfig(_Model):
+    """How pg_dump runs."""
+
+    pg_bin_dir: str | None = Field(None, description="directory holding pg_dump/pg_restore")
+    schemas: list[str] = Field(default_factory=list, description="dump only these schemas")
+    exclude_schemas: list[str] = Field(default_factory=list)
+    lock_wait_timeout: Duration = timedelta(minutes=5)
+    jobs: int = Field(1, ge=1, le=64)
+
+
+class CompressConfig(_Model):
+    """zstd settings for the compress stage."""
+
+    level: int = Field(3, ge=1, le=22)
+    threads: int = Field(0, ge=0, le=256, description="0 means all cores")
+
+
+class EncryptionConfig(_Model):
+    """age public keys the backup is encrypted to; the private key lives in a connection."""
+
+    recipients: list[str] = Field(min_length=1)
+    identity_conn_id: ConnId = "pg_backup_age_identity"
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, values: list[str]) -> list[str]:
+        from pg_backup.encrypt import parse_recipient
+
+        for index, value in enumerate(values):
+            parse_recipient(value, field=f"recipients[{index}]")
+        return values
+
+
+class RestoreConfig(_Model):
+    """The verification restore into a scratch database."""
+
+    jobs: int = Field(2, ge=1, le=64)
+
+
+class AlertsConfig(_Model):
+    """Who gets mail, and through which SMTP connection."""
+
+    emails: list[str] = Field(default_factory=list)
+    smtp_conn_id: ConnId = "smtp_default"
+    from_email: str | None = None
+    on_retry: bool = False
+    base_url: str | None = None
+
+    @field_validator("emails")
+    @classmethod
+    def _emails(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+                raise ValueError(f"{value!r} is not an email address")
+        return values
+
+
+class Timeouts(_Model):
+    """execution_timeout per stage: the hard stop for a hung stage."""
+
+    preflight: Duration = timedelta(minutes=10)
+    dump: Duration = timedelta(hours=6)
+    compress: Duration = timedelta(hours=3)
+    encrypt: Duration = timedelta(hours=3)
+    upload: Duration = timedelta(hours=6)
+    restore: Duration = timedelta(hours=6)
+    verify: Duration = timedelta(hours=2)
+    teardown: Duration = timedelta(minutes=30)
+
+
+class EmergencyConfig(_Model):
+    """Defaults of the manual emergency DAG's trigger form."""
+
+    keep_days: int = Field(90, ge=1, le=36500)
+
+
+class TargetConfig(_Model):
+    """One database to back up, with every default already merged in."""
+
+    name: str
+    source_conn_id: ConnId
+    scratch_conn_id: ConnId
+    storage: StorageConfig
+    encryption: EncryptionConfig
+    schedule: str = "0 2 * * *"
+    owner: str = "dba"
+    tags: list[str] = Field(default_factory=list)
+    staging_dir: str = "/tmp/pg_backup-staging"
+    staging_headroom: float = Field(
+        1.2, ge=1.0, le=10.0, description="free-space margin over the estimated need"
+    )
+    dump: DumpConfig = DumpConfig()
+    compress: CompressConfig = CompressConfig()
+    restore: RestoreConfig = RestoreConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    timeouts: Timeouts = Timeouts()
+    emergency: EmergencyConfig = EmergencyConfig()
+    retries: int = Field(2, ge=2, le=20, description="retries per task (2 or more)")
+    retry_delay: Duration = timedelta(minutes=1)
+    max_retry_delay: Duration = timedelta(minutes=30)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # The name ends up in DAG ids, object keys and a scratch database name (63 bytes max).
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,23}", value):
+            raise ValueError(
+                "target names are 1-24 characters of a-z, 0-9 and _, starting with a letter"
+            )
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError("not a cron expression: write it like '0 2 * * *' or '@daily'")
+        return value
+
+    @field_validator("staging_dir")
+    @classmethod
+    def _staging(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("staging_dir must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_conns(self) -> TargetConfig:
+        if self.scratch_conn_id == self.source_conn_id:
+            raise ValueError(
+                "scratch_conn_id equals source_conn_id: verification restores need a connection "
+                "of their own (a scratch server or at least another database)"
+            )
+        return self
+
+
+class Config(_Model):
+    """The whole file, defaults merged into every target."""
+
+    path: str
+    targets: dict[str, TargetConfig]
+
+    def target(self, name: str) -> TargetConfig:
+        """Return one target or raise naming the targets that exist."""
+        try:
+            return self.targets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.targets)) or "none"
+            raise ConfigError(
+                f"{self.path}: no target {name!r} (targets: {known})"
+            ) from None
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: dict[str, Any], prefix: str) -> str:
+    loc = ".".join(str(part) for part in error["loc"] if part != "name")
+    field = f"{prefix}.{loc}" if loc else prefix
+    if error["type"] == "extra_forbidden":
+        return (
+            f"{field}: unknown field (value {error['input']!r}); remove it or check its spelling. "
+            "The file holds connection ids and settings, never passwords or keys"
+        )
+    if error["type"] == "missing":
+        return f"{field}: required field is missing; add it (see dags/pg_backup.example.yaml)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{field}: {message} (got {error['input']!r})"
+
+
+def parse_config(raw: Any, path: str = "<config>") -> Config:
+    """Validate an already-parsed YAML document and merge defaults into each target."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the file must be a mapping with 'defaults:' and 'targets:'")
+    unknown = set(raw) - {"defaults", "targets"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {sorted(unknown)}: only 'defaults' and 'targets' "
+            "are allowed"
+        )
+    defaults = raw.get("defaults") or {}
+    targets = raw.get("targets")
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: defaults must be a mapping")
+    if not isinstance(targets, dict) or not targets:
+        raise ConfigError(f"{path}: targets: add at least one target, like 'targets: {{voting: "
+                          "{source_conn_id: voting_db}}'")
+    resolved: dict[str, TargetConfig] = {}
+    problems: list[str] = []
+    for name, override in targets.items():
+        if override is None:
+            override = {}
+        if not isinstance(override, dict):
+            problems.append(f"targets.{name}: must be a mapping of settings")
+            continue
+        data = _merge(defaults, override)
+        data["name"] = str(name)
+        try:
+            resolved[str(name)] = TargetConfig.model_validate(data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                if tuple(error["loc"]) == ("name",):
+                    message = str(error["msg"]).removeprefix("Value error, ")
+                    problems.append(f"targets.{name}: {message}")
+                else:
+                    problems.append(_describe(dict(error), f"targets.{name}"))
+    if problems:
+        raise ConfigError(f"invalid pg_backup config {path}:\n  " + "\n  ".join(problems))
+    return Config(path=path, targets=resolved)
+
+
+def config_path() -> Path:
+    """The file named by ``$PG_BACKUP_CONFIG``, else ``dags/pg_backup.yaml``."""
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the config file (a local file read: allowed at DAG parse time)."""
+    import yaml
+
+    file = Path(path) if path is not None else config_path()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"pg_backup config {file} does not exist: copy dags/pg_backup.example.yaml there "
+            f"or point ${CONFIG_ENV} at your file"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pg_backup config {file} is not valid YAML: {exc}") from None
+    return parse_config(raw, str(file))

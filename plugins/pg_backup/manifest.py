@@ -1,0 +1,91 @@
+"""The plaintext documents stored beside each backup: manifest.json and verification.json.
+
+They carry operational metadata only (ids, times, sizes, hashes, versions, status). Anything
+about the data itself (table names, counts) lives in the encrypted tables.json.age.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT = "pg_backup/1"
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ObjectEntry(_Doc):
+    """One stored object of the set."""
+
+    key: str
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Emergency(_Doc):
+    """Why an emergency backup was taken and how long it is kept."""
+
+    reason: str = Field(min_length=1)
+    keep_days: int = Field(ge=1)
+    triggered_by: str | None = None
+
+
+class Manifest(_Doc):
+    """Written last: a set without its manifest is incomplete."""
+
+    format: Literal["pg_backup/1"] = FORMAT
+    backup_id: str
+    target: str
+    kind: Literal["scheduled", "emergency"]
+    dag_id: str
+    run_id: str
+    taken_at: str
+    snapshot_at: str
+    server_version: str
+    pg_dump_version: str
+    package_version: str
+    dump_format: Literal["custom"] = "custom"
+    compression: str
+    encryption: Literal["age-x25519"] = "age-x25519"
+    recipients: list[str]
+    dump_bytes: int = Field(ge=0)
+    data: ObjectEntry
+    tables: ObjectEntry
+    emergency: Emergency | None = None
+
+    def to_bytes(self) -> bytes:
+        """Stable JSON encoding."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse and validate."""
+        return cls.model_validate_json(data)
+
+
+class Verification(_Doc):
+    """The outcome of the daily verification restore (no table names: this file is plaintext)."""
+
+    format: Literal["pg_backup/1"] = FORMAT
+    backup_id: str
+    status: Literal["verified", "failed"]
+    checked_at: str
+    relations_checked: int = Field(ge=0)
+    rows_checked: int = Field(ge=0)
+    mismatches: int = Field(ge=0)
+    warnings: int = Field(ge=0)
+    restore_seconds: float = Field(ge=0)
+    verify_seconds: float = Field(ge=0)
+
+    def to_bytes(self) -> bytes:
+        """Stable JSON encoding."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Verification:
+        """Parse and validate."""
+        return cls.model_validate_json(data)

@@ -1,0 +1,317 @@
+"""The staging directory: atomic outputs, hashes taken in the pass that moves the bytes, progress.
+
+Stages hand files to each other here. Every output is written to ``*.part``, fsynced and renamed,
+so a crashed or killed stage never leaves a file that looks finished. Every input is checked
+against the size and sha256 its producer recorded, in the same pass that reads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+PROGRESS_EVERY = 30.0
+
+
+class StagedFileError(RuntimeError):
+    """A staged file is missing or differs from what its producer recorded."""
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file in the staging directory, as its producer wrote it (an XCom-sized record)."""
+
+    name: str
+    bytes: int
+    sha256: str
+    seconds: float = 0.0
+    # S3's checksum of a multipart upload is a hash of part hashes; computed while writing
+    # so the upload can be proven against the store's own acknowledgement without a reread.
+    part_size: int | None = None
+    composite_sha256: str | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        """A JSON-able dict for XCom."""
+        return asdict(self)
+
+    @classmethod
+    def from_xcom(cls, data: dict[str, Any]) -> StagedFile:
+        """Rebuild from an XCom dict."""
+        return cls(**data)
+
+
+class Progress:
+    """Logs bytes so far and rate at most every ``every`` seconds, then one summary line."""
+
+    def __init__(self, stage: str, total: int | None = None, every: float = PROGRESS_EVERY):
+        self.stage = stage
+        self.total = total
+        self.every = every
+        self.started = time.monotonic()
+        self._last = self.started
+
+    def update(self, done: int) -> None:
+        """Log progress if the interval has passed."""
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        elapsed = now - self.started
+        of = f" of {_mb(self.total)}" if self.total else ""
+        log.info(
+            "%s: %s%s so far, %.1f MB/s, %.0f s",
+            self.stage,
+            _mb(done),
+            of,
+            done / 1e6 / max(elapsed, 1e-9),
+            elapsed,
+        )
+
+    @property
+    def seconds(self) -> float:
+        """Seconds since the stage started."""
+        return time.monotonic() - self.started
+
+    def summary(self, bytes_in: int, bytes_out: int) -> None:
+        """The one line each stage logs when it is done."""
+        seconds = self.seconds
+        ratio = bytes_in / bytes_out if bytes_out else 0.0
+        log.info(
+            "%s done: in %s, out %s, ratio %.2f, %.1f MB/s, %.1f s",
+            self.stage,
+            _mb(bytes_in),
+            _mb(bytes_out),
+            ratio,
+            bytes_in / 1e6 / max(seconds, 1e-9),
+            seconds,
+        )
+
+
+def _mb(value: int | None) -> str:
+    return f"{(value or 0) / 1e6:,.1f} MB"
+
+
+class HashingWriter:
+    """A write-only file wrapper that hashes (whole and per part) what passes through."""
+
+    def __init__(self, raw: IO[bytes], part_size: int | None = None, progress: Progress | None = None):
+        self.raw = raw
+        self.count = 0
+        self._sha = hashlib.sha256()
+        self._part_size = part_size
+        self._part = hashlib.sha256()
+        self._part_fill = 0
+        self._parts: list[bytes] = []
+        self._progress = progress
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Write and hash; return the number of bytes written."""
+        view = memoryview(data)
+        self.raw.write(view)
+        self._sha.update(view)
+        self.count += len(view)
+        if self._part_size:
+            self._feed_parts(view)
+        if self._progress:
+            self._progress.update(self.count)
+        return len(view)
+
+    def _feed_parts(self, view: memoryview) -> None:
+        assert self._part_size
+        while len(view):
+            take = min(len(view), self._part_size - self._part_fill)
+            self._part.update(view[:take])
+            self._part_fill += take
+            view = view[take:]
+            if self._part_fill == self._part_size:
+                self._parts.append(self._part.digest())
+                self._part = hashlib.sha256()
+                self._part_fill = 0
+
+    def flush(self) -> None:
+        """Flush the underlying file."""
+        self.raw.flush()
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of everything written."""
+        return self._sha.hexdigest()
+
+    def composite_sha256(self) -> str | None:
+        """S3's checksum for this content uploaded as a multipart with ``part_size`` parts."""
+        if not self._part_size:
+            return None
+        parts = list(self._parts)
+        if self._part_fill:
+            parts.append(self._part.digest())
+        return composite_checksum(parts, self.count, self._part_size)
+
+    def staged(self, name: str, seconds: float) -> StagedFile:
+        """The record describing what was written."""
+        return StagedFile(
+            name=name,
+            bytes=self.count,
+            sha256=self.sha256,
+            seconds=round(seconds, 3),
+            part_size=self._part_size,
+            composite_sha256=self.composite_sha256(),
+        )
+
+
+def composite_checksum(part_digests: list[bytes], size: int, part_size: int) -> str:
+    """S3 ``ChecksumSHA256`` value: the plain hash below the multipart threshold, else composite."""
+    if size < part_size:
+        whole = part_digests[0] if part_digests else hashlib.sha256(b"").digest()
+        return base64.b64encode(whole).decode()
+    combined = hashlib.sha256(b"".join(part_digests)).digest()
+    return f"{base64.b64encode(combined).decode()}-{len(part_digests)}"
+
+
+class HashingReader:
+    """A read-only file wrapper that hashes what is read and checks it against a record."""
+
+    def __init__(self, raw: IO[bytes], progress: Progress | None = None):
+        self.raw = raw
+        self.count = 0
+        self._sha = hashlib.sha256()
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        """Read, hash and count."""
+        data = self.raw.read(size)
+        self._sha.update(data)
+        self.count += len(data)
+        if self._progress:
+            self._progress.update(self.count)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Read into a buffer, hash and count."""
+        got = self.raw.readinto(buffer)  # type: ignore[attr-defined]
+        if got:
+            view = memoryview(buffer)[:got]
+            self._sha.update(view)
+            self.count += got
+            if self._progress:
+                self._progress.update(self.count)
+        return int(got or 0)
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of everything read so far."""
+        return self._sha.hexdigest()
+
+    def check(self, path: Path, expected: StagedFile) -> None:
+        """After a full read: fail if the bytes were not the ones the producer recorded."""
+        if self.count != expected.bytes or self.sha256 != expected.sha256:
+            raise StagedFileError(
+                f"staged file {path} changed after its stage wrote it: expected "
+                f"{expected.bytes} bytes sha256 {expected.sha256}, read {self.count} bytes sha256 "
+                f"{self.sha256}. Clear the run from its first stage to rebuild it"
+            )
+
+
+def check_present(path: Path, expected: StagedFile) -> None:
+    """Cheap check before a stage starts reading: the file exists and has the recorded size."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise StagedFileError(
+            f"staged file {path} is missing (its stage recorded {expected.bytes} bytes sha256 "
+            f"{expected.sha256}). Is the staging directory shared by every worker? Clear the run "
+            "from its first stage to rebuild it"
+        ) from None
+    if size != expected.bytes:
+        raise StagedFileError(
+            f"staged file {path} changed after its stage wrote it: expected {expected.bytes} "
+            f"bytes sha256 {expected.sha256}, found {size} bytes. Clear the run from its first "
+            "stage to rebuild it"
+        )
+
+
+def verify_file(path: Path, expected: StagedFile, stage: str = "check") -> None:
+    """Read a staged file once and fail if its size or sha256 differ from the record."""
+    check_present(path, expected)
+    with path.open("rb") as raw:
+        reader = HashingReader(raw, Progress(f"{stage}: hashing {path.name}", expected.bytes))
+        while reader.read(CHUNK):
+            pass
+    reader.check(path, expected)
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[IO[bytes]]:
+    """Write ``path`` via ``path.part``: fsync and rename on success, remove on any failure."""
+    part = path.with_name(path.name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", buffering=CHUNK) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(part, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: Any) -> StagedFile:
+    """Write a small JSON document atomically and return its record."""
+    import json
+
+    started = time.monotonic()
+    payload = json.dumps(data, indent=2, sort_keys=True).encode()
+    with atomic_output(path) as handle:
+        writer = HashingWriter(handle)
+        writer.write(payload)
+    return writer.staged(path.name, time.monotonic() - started)
+
+
+def prepare_dir(path: Path) -> Path:
+    """Create the run's staging directory, private to this user."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def remove_dir(path: Path) -> bool:
+    """Remove a run's staging directory; True if something was removed."""
+    if not path.exists():
+        return False
+    shutil.rmtree(path)
+    return True
+
+
+def read_small(path: Path, expected: StagedFile) -> bytes:
+    """Read a small staged file whole, checked against its record."""
+    check_present(path, expected)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected.sha256:
+        raise StagedFileError(
+            f"staged file {path} changed after its stage wrote it: sha256 "
+            f"{hashlib.sha256(data).hexdigest()} instead of {expected.sha256}"
+        )
+    return data

@@ -1,0 +1,381 @@
+"""Where backup sets live: one small interface, an S3 backend and a local/NAS directory backend.
+
+Keys given to a backend are relative to the storage URL (``<target>/YYYY/MM/DD/<id>/<name>``).
+Every upload is proven against what the store acknowledges: size, and the sha256 the store
+computed itself (S3 ``ChecksumSHA256``) or the bytes the file backend actually wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pg_backup import staging
+from pg_backup.config import StorageConfig
+from pg_backup.staging import HashingReader, HashingWriter, Progress, StagedFile
+
+log = logging.getLogger(__name__)
+
+
+class StorageError(RuntimeError):
+    """The store refused, could not be reached, or holds something other than what we sent."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object as the store reports it."""
+
+    key: str
+    bytes: int
+    last_modified: datetime | None = None
+
+
+class Storage(ABC):
+    """The operations backup sets need from a store."""
+
+    url: str
+
+    @abstractmethod
+    def put_file(
+        self, local: Path, key: str, staged: StagedFile, retain_until: datetime | None = None
+    ) -> StoredObject:
+        """Upload a staged file, check it while reading, prove the stored copy matches it."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, retain_until: datetime | None = None) -> StoredObject:
+        """Store a small document (manifest, report) and prove it arrived intact."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Read a small document."""
+
+    @abstractmethod
+    def download(self, key: str, local: Path) -> StagedFile:
+        """Fetch an object into a local file (atomically), hashing it in the same pass."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """True if the key holds an object."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one key (missing is fine)."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under a key prefix."""
+
+    @abstractmethod
+    def check_writable(self, key: str) -> None:
+        """Prove we may write below the prefix (writes one small fixed object)."""
+
+    def describe(self, key: str) -> str:
+        """Full location of a key, for messages."""
+        return f"{self.url}/{key}"
+
+
+def _mismatch(where: str, what: str, expected: Any, got: Any) -> StorageError:
+    return StorageError(
+        f"{where}: the store holds {what} {got!r} but we sent {expected!r}; the upload is not "
+        "trusted and will be retried"
+    )
+
+
+class FileStorage(Storage):
+    """A local or NAS directory (``file:///path``)."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.root = Path(url[len("file://") :])
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not str(path).startswith(str(self.root.resolve())):
+            raise StorageError(f"key {key!r} escapes the storage root")
+        return path
+
+    def put_file(
+        self, local: Path, key: str, staged: StagedFile, retain_until: datetime | None = None
+    ) -> StoredObject:
+        """Copy via ``.part`` + fsync + rename, hashing source and written bytes in one pass."""
+        staging.check_present(local, staged)
+        dest = self._path(key)
+        progress = Progress(f"upload {local.name}", staged.bytes)
+        with local.open("rb") as raw, staging.atomic_output(dest) as out:
+            reader = HashingReader(raw, progress)
+            writer = HashingWriter(out)
+            while chunk := reader.read(staging.CHUNK):
+                writer.write(chunk)
+            reader.check(local, staged)
+            if writer.sha256 != staged.sha256 or writer.count != staged.bytes:
+                raise _mismatch(self.describe(key), "sha256", staged.sha256, writer.sha256)
+        progress.summary(reader.count, writer.count)
+        return StoredObject(key, dest.stat().st_size)
+
+    def put_bytes(self, key: str, data: bytes, retain_until: datetime | None = None) -> StoredObject:
+        """Write atomically."""
+        dest = self._path(key)
+        with staging.atomic_output(dest) as out:
+            out.write(data)
+        return StoredObject(key, len(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read a file."""
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"{self.describe(key)} does not exist") from None
+
+    def download(self, key: str, local: Path) -> StagedFile:
+        """Copy into a local file."""
+        src = self._path(key)
+        if not src.is_file():
+            raise StorageError(f"{self.describe(key)} does not exist")
+        progress = Progress(f"fetch {src.name}", src.stat().st_size)
+        with src.open("rb") as raw, staging.atomic_output(local) as out:
+            writer = HashingWriter(out, progress=progress)
+            while chunk := raw.read(staging.CHUNK):
+                writer.write(chunk)
+        progress.summary(writer.count, writer.count)
+        return writer.staged(local.name, progress.seconds)
+
+    def exists(self, key: str) -> bool:
+        """True if the file exists."""
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        """Remove a file and prune empty parent directories up to the root."""
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        root = self.root.resolve()
+        while parent != root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Walk the directory below the prefix (``.part`` files are in-flight, not objects)."""
+        base = self._path(prefix) if prefix else self.root
+        if not base.exists():
+            return
+        for dirpath, _, files in os.walk(base):
+            for name in sorted(files):
+                if name.endswith(".part"):
+                    continue
+                path = Path(dirpath) / name
+                stat = path.stat()
+                yield StoredObject(
+                    str(path.relative_to(self.root)),
+                    stat.st_size,
+                    datetime.fromtimestamp(stat.st_mtime, timezone.utc),
+                )
+
+    def check_writable(self, key: str) -> None:
+        """Create the root if needed and write one small file."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.put_bytes(key, b"pg_backup preflight\n")
+        except OSError as exc:
+            raise StorageError(f"cannot write to {self.url}: {exc}") from None
+
+
+class S3Storage(Storage):
+    """An S3 bucket (or any S3-compatible store) through the amazon provider's S3Hook."""
+
+    def __init__(self, url: str, cfg: StorageConfig, aws_conn_id: str):
+        self.url = url.rstrip("/")
+        rest = url[len("s3://") :]
+        self.bucket, _, prefix = rest.partition("/")
+        self.prefix = prefix.strip("/")
+        self.cfg = cfg
+        self.aws_conn_id = aws_conn_id
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """boto3 client built lazily from the Airflow connection (endpoint_url in its extra)."""
+        if self._client is None:
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+            self._client = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _extra_args(self, retain_until: datetime | None) -> dict[str, Any]:
+        args: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"}
+        if self.cfg.storage_class:
+            args["StorageClass"] = self.cfg.storage_class
+        if self.cfg.sse_kms_key_id:
+            args["ServerSideEncryption"] = "aws:kms"
+            args["SSEKMSKeyId"] = self.cfg.sse_kms_key_id
+        if self.cfg.object_lock and retain_until is not None:
+            args["ObjectLockMode"] = self.cfg.object_lock.mode
+            args["ObjectLockRetainUntilDate"] = retain_until
+        return args
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            message = exc.response.get("Error", {}).get("Message", "")
+            raise StorageError(f"{what}: S3 error {code}: {message}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"{what}: {exc}") from None
+
+    def put_file(
+        self, local: Path, key: str, staged: StagedFile, retain_until: datetime | None = None
+    ) -> StoredObject:
+        """Multipart upload with SHA256 checksums; then prove size and checksum via HEAD."""
+        from boto3.s3.transfer import TransferConfig
+
+        staging.check_present(local, staged)
+        full = self._key(key)
+        where = self.describe(key)
+        chunk = self.cfg.multipart_chunksize
+        config = TransferConfig(
+            multipart_threshold=chunk, multipart_chunksize=chunk, max_concurrency=4
+        )
+        progress = Progress(f"upload {local.name}", staged.bytes)
+        sent = [0]
+
+        def on_bytes(count: int) -> None:
+            sent[0] += count
+            progress.update(sent[0])
+
+        self._call(
+            f"upload {where}",
+            self.client.upload_file,
+            Filename=str(local),
+            Bucket=self.bucket,
+            Key=full,
+            ExtraArgs=self._extra_args(retain_until),
+            Config=config,
+            Callback=on_bytes,
+        )
+        head = self._call(
+            f"check {where}",
+            self.client.head_object,
+            Bucket=self.bucket,
+            Key=full,
+            ChecksumMode="ENABLED",
+        )
+        if int(head["ContentLength"]) != staged.bytes:
+            raise _mismatch(where, "size", staged.bytes, head["ContentLength"])
+        stored_sum = head.get("ChecksumSHA256")
+        expected_sum = staged.composite_sha256 if staged.part_size == chunk else None
+        if stored_sum and expected_sum and stored_sum != expected_sum:
+            raise _mismatch(where, "ChecksumSHA256", expected_sum, stored_sum)
+        if not stored_sum:
+            # Some S3-compatible stores do not report checksums of multipart uploads; each part
+            # was still checked by the store on arrival (x-amz-checksum-sha256 per part).
+            log.warning("%s: the store reported no ChecksumSHA256; size verified only", where)
+        progress.summary(staged.bytes, staged.bytes)
+        return StoredObject(key, int(head["ContentLength"]))
+
+    def put_bytes(self, key: str, data: bytes, retain_until: datetime | None = None) -> StoredObject:
+        """PUT with a SHA256 checksum the store verifies and echoes back."""
+        expected = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        where = self.describe(key)
+        response = self._call(
+            f"upload {where}",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            **self._extra_args(retain_until),
+        )
+        echoed = response.get("ChecksumSHA256")
+        if echoed and echoed != expected:
+            raise _mismatch(where, "ChecksumSHA256", expected, echoed)
+        return StoredObject(key, len(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        """GET a small object."""
+        response = self._call(
+            f"read {self.describe(key)}", self.client.get_object, Bucket=self.bucket,
+            Key=self._key(key)
+        )
+        return bytes(response["Body"].read())
+
+    def download(self, key: str, local: Path) -> StagedFile:
+        """Stream an object into a local file, hashing as it arrives."""
+        where = self.describe(key)
+        response = self._call(
+            f"fetch {where}", self.client.get_object, Bucket=self.bucket, Key=self._key(key)
+        )
+        progress = Progress(f"fetch {Path(key).name}", int(response["ContentLength"]))
+        body = response["Body"]
+        with staging.atomic_output(local) as out:
+            writer = HashingWriter(out, progress=progress)
+            for chunk in body.iter_chunks(staging.CHUNK):
+                writer.write(chunk)
+        progress.summary(writer.count, writer.count)
+        return writer.staged(local.name, progress.seconds)
+
+    def exists(self, key: str) -> bool:
+        """HEAD the key."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise StorageError(f"check {self.describe(key)}: {exc}") from None
+        return True
+
+    def delete(self, key: str) -> None:
+        """DELETE the key (in a versioned bucket this adds a delete marker)."""
+        self._call(
+            f"delete {self.describe(key)}", self.client.delete_object, Bucket=self.bucket,
+            Key=self._key(key)
+        )
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """List every object below the prefix."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._key(prefix)
+        strip = f"{self.prefix}/" if self.prefix else ""
+        pages = self._call(
+            f"list {self.describe(prefix)}",
+            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)),
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield StoredObject(
+                    item["Key"][len(strip) :], int(item["Size"]), item.get("LastModified")
+                )
+
+    def check_writable(self, key: str) -> None:
+        """The bucket answers and accepts a small fixed object (overwritten each time)."""
+        self._call(f"reach bucket {self.bucket}", self.client.head_bucket, Bucket=self.bucket)
+        self.put_bytes(key, b"pg_backup preflight\n")
+
+
+def open_storage(cfg: StorageConfig, *, for_delete: bool = False) -> Storage:
+    """The backend for a storage URL (the S3 client is created on first use)."""
+    if cfg.url.startswith("s3://"):
+        conn_id = (cfg.sweep_aws_conn_id if for_delete else None) or cfg.aws_conn_id
+        return S3Storage(cfg.url, cfg, conn_id)
+    return FileStorage(cfg.url)
+
+
+def retain_until(cfg: StorageConfig, taken_at: str) -> datetime | None:
+    """Object Lock date of a set, derived from the run's time so a retry asks for the same date."""
+    if not cfg.object_lock:
+        return None
+    start = datetime.fromisoformat(taken_at)
+    return start + timedelta(days=cfg.object_lock.days)
