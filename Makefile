@@ -1,0 +1,55 @@
+# pg_backup: every target installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PGHOST ?= 127.0.0.1
+PGPORT ?= 5432
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint airflow bench constraints tools pg-up install clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# Command-line tools the tests and the stock-tools restore recipe use.
+tools:
+	@missing=""; \
+	for t in age:age zstd:zstd psql:postgresql-client pg_dump:postgresql-client; do \
+	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The local PostgreSQL: start it if it does not answer.
+pg-up:
+	@pg_isready -q -h $(PGHOST) -p $(PGPORT) || { \
+	  echo "starting PostgreSQL"; \
+	  for v in $$(ls /etc/postgresql 2>/dev/null); do \
+	    pg_ctlcluster --skip-systemctl-redirect $$v main start || true; done; \
+	  for i in $$(seq 1 30); do pg_isready -q -h $(PGHOST) -p $(PGPORT) && break; sleep 1; done; \
+	  pg_isready -h $(PGHOST) -p $(PGPORT); }
+
+demo: install tools pg-up
+	$(BIN)/python -m pg_backup.demo
+
+test: install tools pg-up
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check plugins tests dags
+	$(BIN)/ruff format --check plugins tests dags
+	$(BIN)/mypy
+
+constraints: install
+	{ sed -n '1,2p' constraints.txt; $(BIN)/uv pip freeze --python $(BIN)/python \
+	  | grep -v -E '^-e|airflow-pg-backup|^uv=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf .demo bench-results
