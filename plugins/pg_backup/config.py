@@ -130,7 +130,7 @@ class EncryptionConfig(_Model):
         from pg_backup.encrypt import parse_recipient
 
         for index, value in enumerate(values):
-            parse_recipient(value, field=f"recipients[{index}]")
+            parse_recipient(value, field=f"[{index}]")
         return values
 
 
@@ -276,6 +276,8 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
     if error["type"] == "missing":
         return f"{field}: required field is missing; add it (see dags/pg_backup.example.yaml)"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith("["):  # a list item named by the validator, e.g. recipients[0]
+        return f"{field}{message}"
     return f"{field}: {message} (got {error['input']!r})"
 
 
