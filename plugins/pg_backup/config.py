@@ -171,6 +171,30 @@ class Timeouts(_Model):
     teardown: Duration = timedelta(minutes=30)
 
 
+class Budgets(_Model):
+    """Time a stage is expected to take; over it, one email (the stage keeps running)."""
+
+    preflight: Duration = timedelta(minutes=2)
+    dump: Duration = timedelta(minutes=30)
+    compress: Duration = timedelta(minutes=15)
+    encrypt: Duration = timedelta(minutes=15)
+    upload: Duration = timedelta(minutes=30)
+    restore: Duration = timedelta(minutes=45)
+    verify: Duration = timedelta(minutes=15)
+
+
+# task id -> the budget/timeout field that governs it
+STAGE_OF_TASK = {
+    "preflight": "preflight",
+    "dump": "dump",
+    "compress": "compress",
+    "encrypt": "encrypt",
+    "upload": "upload",
+    "restore": "restore",
+    "verify_counts": "verify",
+}
+
+
 class EmergencyConfig(_Model):
     """Defaults of the manual emergency DAG's trigger form."""
 
@@ -197,6 +221,10 @@ class TargetConfig(_Model):
     restore: RestoreConfig = RestoreConfig()
     alerts: AlertsConfig = AlertsConfig()
     timeouts: Timeouts = Timeouts()
+    budgets: Budgets = Budgets()
+    sla: Duration = Field(
+        timedelta(hours=2), description="time from queueing to a verified backup before mail"
+    )
     emergency: EmergencyConfig = EmergencyConfig()
     retries: int = Field(2, ge=2, le=20, description="retries per task (2 or more)")
     retry_delay: Duration = timedelta(minutes=1)
@@ -227,6 +255,17 @@ class TargetConfig(_Model):
         if not value.startswith("/"):
             raise ValueError("staging_dir must be an absolute path")
         return value
+
+    @model_validator(mode="after")
+    def _budgets_below_timeouts(self) -> TargetConfig:
+        for stage in STAGE_OF_TASK.values():
+            budget, timeout = getattr(self.budgets, stage), getattr(self.timeouts, stage)
+            if budget >= timeout:
+                raise ValueError(
+                    f"budgets.{stage} ({budget}) must be shorter than timeouts.{stage} "
+                    f"({timeout}): the budget warns by mail, the timeout kills the stage"
+                )
+        return self
 
     @model_validator(mode="after")
     def _distinct_conns(self) -> TargetConfig:
