@@ -91,7 +91,10 @@ class StorageConfig(_Model):
         if value.startswith("s3://"):
             bucket = value[5:].split("/", 1)[0]
             if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
-                raise ValueError(f"{bucket!r} is not a valid S3 bucket name")
+                raise ValueError(
+                    f"{bucket!r} is not a valid S3 bucket name: use 3-63 characters of lower-case "
+                    "letters, digits, dots and hyphens, starting and ending with a letter or digit"
+                )
             return value.rstrip("/")
         if value.startswith("file://"):
             path = value[7:]
@@ -127,10 +130,11 @@ class EncryptionConfig(_Model):
     @field_validator("recipients")
     @classmethod
     def _recipients(cls, values: list[str]) -> list[str]:
-        from pg_backup.encrypt import parse_recipient
+        # Pure Python: pyrage is imported by the tasks that encrypt, never at parse time.
+        from pg_backup.encrypt import check_recipient
 
         for index, value in enumerate(values):
-            parse_recipient(value, field=f"[{index}]")
+            check_recipient(value, field=f"[{index}]")
         return values
 
 
@@ -271,8 +275,9 @@ class TargetConfig(_Model):
     def _distinct_conns(self) -> TargetConfig:
         if self.scratch_conn_id == self.source_conn_id:
             raise ValueError(
-                "scratch_conn_id equals source_conn_id: verification restores need a connection "
-                "of their own (a scratch server or at least another database)"
+                f"scratch_conn_id equals source_conn_id ({self.source_conn_id!r}): verification "
+                "restores need a connection of their own (a scratch server or at least another "
+                "database)"
             )
         return self
 
@@ -304,12 +309,24 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _shown(value: Any) -> str:
+    """The bad value for a message: never a private key, never a whole section."""
+    if isinstance(value, (dict, list)):
+        return ""
+    text = repr(value)
+    if "AGE-SECRET-KEY-" in text.upper():
+        return " (got a private key: not shown)"
+    return f" (got {text if len(text) <= 80 else text[:70] + '...'})"
+
+
 def _describe(error: dict[str, Any], prefix: str) -> str:
     loc = ".".join(str(part) for part in error["loc"] if part != "name")
     field = f"{prefix}.{loc}" if loc else prefix
     if error["type"] == "extra_forbidden":
         return (
-            f"{field}: unknown field (value {error['input']!r}); remove it or check its spelling. "
+            # No value: an unknown key is often a pasted password, and this message is shown in
+            # the UI and written to logs.
+            f"{field}: unknown field; remove it or check its spelling. "
             "The file holds connection ids and settings, never passwords or keys"
         )
     if error["type"] == "missing":
@@ -317,7 +334,23 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if message.startswith("["):  # a list item named by the validator, e.g. recipients[0]
         return f"{field}{message}"
-    return f"{field}: {message} (got {error['input']!r})"
+    return f"{field}: {message}{_shown(error['input'])}"
+
+
+def _origin(loc: Any, override: dict[str, Any], defaults: dict[str, Any], name: str) -> str:
+    """``defaults`` when the bad value came from there, else ``targets.<name>``."""
+
+    def has(doc: Any, keys: list[Any]) -> bool:
+        for key in keys:
+            if not isinstance(doc, dict) or key not in doc:
+                return False
+            doc = doc[key]
+        return True
+
+    keys = [part for part in loc if isinstance(part, str)]
+    if keys and not has(override, keys) and has(defaults, keys):
+        return "defaults"
+    return f"targets.{name}"
 
 
 def parse_config(raw: Any, path: str = "<config>") -> Config:
@@ -355,7 +388,10 @@ def parse_config(raw: Any, path: str = "<config>") -> Config:
                     message = str(error["msg"]).removeprefix("Value error, ")
                     problems.append(f"targets.{name}: {message}")
                 else:
-                    problems.append(_describe(dict(error), f"targets.{name}"))
+                    where = _origin(error["loc"], override, defaults, str(name))
+                    problem = _describe(dict(error), where)
+                    if problem not in problems:  # a bad default is reported once, not per target
+                        problems.append(problem)
     if problems:
         raise ConfigError(f"invalid pg_backup config {path}:\n  " + "\n  ".join(problems))
     return Config(path=path, targets=resolved)

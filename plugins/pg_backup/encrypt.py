@@ -17,6 +17,45 @@ class KeyFormatError(ValueError):
     """A recipient or identity does not parse; the message names the field."""
 
 
+_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+_BECH32_GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+
+
+def _bech32_checksum_ok(hrp: str, data: str) -> bool:
+    chk = 1
+    values = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+    for value in values + [_BECH32.index(c) for c in data]:
+        top = chk >> 25
+        chk = (chk & 0x1FFFFFF) << 5 ^ value
+        for i, gen in enumerate(_BECH32_GEN):
+            chk ^= gen if (top >> i) & 1 else 0
+    return chk == 1
+
+
+def check_recipient(value: str, field: str = "recipient") -> str:
+    """Check an ``age1...`` public key in pure Python (no pyrage): safe at DAG parse time."""
+    text = value.strip() if isinstance(value, str) else ""
+    if text.upper().startswith("AGE-SECRET-KEY-"):
+        raise KeyFormatError(
+            f"{field}: this is a private key; put the public key (age1...) here and keep the "
+            "private key in the identity connection"
+        )
+    hrp, _, data = text.lower().rpartition("1")
+    if (
+        text in (text.lower(), text.upper())
+        and hrp == "age"
+        and len(data) == 58  # 32 bytes as 5-bit groups + 6 checksum characters
+        and all(c in _BECH32 for c in data)
+        and _bech32_checksum_ok(hrp, data)
+    ):
+        return text
+    shown = text if len(text) <= 20 else text[:12] + "..." + text[-4:]
+    raise KeyFormatError(
+        f"{field}: {shown!r} is not an age X25519 public key; it looks like age1... "
+        "(62 characters); generate a pair with `pg-backup keygen` or `age-keygen`"
+    )
+
+
 def parse_recipient(value: str, field: str = "recipient") -> Any:
     """Parse an ``age1...`` public key, or raise naming the field and the fix."""
     from pyrage import x25519
