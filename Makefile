@@ -53,3 +53,7 @@ constraints: install
 
 clean:
 	rm -rf .demo bench-results
+
+# Scheduler, dag-processor, triggerer and api-server on the demo config (Ctrl-C stops them all).
+airflow: install tools pg-up
+	$(BIN)/python -m pg_backup.demo airflow
