@@ -199,6 +199,41 @@ STAGE_OF_TASK = {
 }
 
 
+class RetentionConfig(_Model):
+    """The daily retention sweep: grandfather-father-son over verified sets, with rails."""
+
+    schedule: str = "30 4 * * *"
+    daily: int = Field(7, ge=0, le=3650)
+    weekly: int = Field(4, ge=0, le=520)
+    monthly: int = Field(12, ge=0, le=1200)
+    grace_days: int = Field(3, ge=0, le=3650, description="keep failed/incomplete sets this long")
+    min_verified: int = Field(3, ge=1, le=1000)
+    max_delete_fraction: float = Field(0.5, gt=0, le=1)
+    timezone: str = "UTC"
+    freshness: Duration = timedelta(hours=26)
+    staging_keep_days: int = Field(3, ge=1, le=365)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError("not a cron expression: write it like '30 4 * * *' or '@daily'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone: use a name like UTC or Europe/Berlin") from None
+        return value
+
+
 class EmergencyConfig(_Model):
     """Defaults of the manual emergency DAG's trigger form."""
 
@@ -230,6 +265,7 @@ class TargetConfig(_Model):
         timedelta(hours=2), description="time from queueing to a verified backup before mail"
     )
     emergency: EmergencyConfig = EmergencyConfig()
+    retention: RetentionConfig = RetentionConfig()
     retries: int = Field(2, ge=2, le=20, description="retries per task (2 or more)")
     retry_delay: Duration = timedelta(minutes=1)
     max_retry_delay: Duration = timedelta(minutes=30)

@@ -120,12 +120,9 @@ def check_emergency_params(params: dict[str, Any]) -> None:
         raise ValueError("param 'verify' must be true or false")
 
 
-def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
-    """``pg_backup_<target>`` (scheduled) or ``pg_backup_emergency_<target>`` (manual)."""
-    emergency = kind == "emergency"
-    dag_id = f"pg_backup_emergency_{cfg.name}" if emergency else f"pg_backup_{cfg.name}"
-    asset = backup_asset(cfg.name)
-    default_args: dict[str, Any] = {
+def default_args(cfg: TargetConfig) -> dict[str, Any]:
+    """Owner, retries with exponential backoff, and the failure (and opt-in retry) mail."""
+    args: dict[str, Any] = {
         "owner": cfg.owner,
         "retries": cfg.retries,
         "retry_delay": cfg.retry_delay,
@@ -134,10 +131,18 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
     }
     on_failure = failure_notifier(cfg)
     if on_failure is not None:
-        default_args["on_failure_callback"] = on_failure
+        args["on_failure_callback"] = on_failure
     on_retry = retry_notifier(cfg)
     if on_retry is not None:
-        default_args["on_retry_callback"] = on_retry
+        args["on_retry_callback"] = on_retry
+    return args
+
+
+def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
+    """``pg_backup_<target>`` (scheduled) or ``pg_backup_emergency_<target>`` (manual)."""
+    emergency = kind == "emergency"
+    dag_id = f"pg_backup_emergency_{cfg.name}" if emergency else f"pg_backup_{cfg.name}"
+    asset = backup_asset(cfg.name)
     timeouts = cfg.timeouts
 
     def info(context: dict[str, Any]) -> RunInfo:
@@ -155,7 +160,7 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["pg_backup", cfg.name, kind, *cfg.tags],
-        default_args=default_args,
+        default_args=default_args(cfg),
         params=emergency_params(cfg) if emergency else {},
         doc_md=(DOC_EMERGENCY if emergency else DOC_BACKUP).format(
             target=cfg.name,
@@ -334,11 +339,13 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
 def build_dags(config: Config) -> dict[str, DAG]:
     """Every DAG of every target, keyed by dag_id."""
+    from pg_backup.dag_sweep import build_sweep_dag
+
     dags: dict[str, DAG] = {}
     for cfg in config.targets.values():
-        for kind in ("scheduled", "emergency"):
-            dag = build_backup_dag(cfg, kind)  # type: ignore[arg-type]
-            dags[dag.dag_id] = dag
+        built = [build_backup_dag(cfg, "scheduled"), build_backup_dag(cfg, "emergency")]
+        built.append(build_sweep_dag(cfg))
+        dags.update((dag.dag_id, dag) for dag in built)
     return dags
 
 

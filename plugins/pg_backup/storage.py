@@ -77,6 +77,14 @@ class Storage(ABC):
     def check_writable(self, key: str) -> None:
         """Prove we may write below the prefix (writes one small fixed object)."""
 
+    def locked_until(self, key: str) -> datetime | None:
+        """Object Lock retention date of a key (None: not locked, or no such feature)."""
+        return None
+
+    def abort_stale_uploads(self, prefix: str, older_than: datetime) -> list[str]:
+        """Abort multipart uploads started before ``older_than``; return their keys."""
+        return []
+
     def describe(self, key: str) -> str:
         """Full location of a key, for messages."""
         return f"{self.url}/{key}"
@@ -358,6 +366,39 @@ class S3Storage(Storage):
                 yield StoredObject(
                     item["Key"][len(strip) :], int(item["Size"]), item.get("LastModified")
                 )
+
+    def locked_until(self, key: str) -> datetime | None:
+        """The retain-until date S3 reports for the current version."""
+        head = self._call(
+            f"check {self.describe(key)}", self.client.head_object, Bucket=self.bucket,
+            Key=self._key(key)
+        )
+        until = head.get("ObjectLockRetainUntilDate")
+        legal_hold = head.get("ObjectLockLegalHoldStatus") == "ON"
+        if legal_hold:
+            return datetime.max.replace(tzinfo=timezone.utc)
+        return until if isinstance(until, datetime) else None
+
+    def abort_stale_uploads(self, prefix: str, older_than: datetime) -> list[str]:
+        """Abort incomplete multipart uploads below the prefix started before ``older_than``."""
+        aborted: list[str] = []
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        pages = self._call(
+            f"list uploads {self.describe(prefix)}",
+            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix))),
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < older_than:
+                    self._call(
+                        f"abort upload {upload['Key']}",
+                        self.client.abort_multipart_upload,
+                        Bucket=self.bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
+                    )
+                    aborted.append(upload["Key"])
+        return aborted
 
     def check_writable(self, key: str) -> None:
         """The bucket answers and accepts a small fixed object (overwritten each time)."""

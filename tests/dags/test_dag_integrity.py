@@ -27,7 +27,8 @@ TARGETS = {
 OWNER = "dba-team"
 SCHEDULED = [f"pg_backup_{t}" for t in TARGETS]
 EMERGENCY = [f"pg_backup_emergency_{t}" for t in TARGETS]
-ALL_DAGS = SCHEDULED + EMERGENCY
+SWEEPS = [f"pg_retention_sweep_{t}" for t in TARGETS]
+ALL_DAGS = SCHEDULED + EMERGENCY + SWEEPS
 TEARDOWNS = {"drop_scratch_db", "cleanup_staging"}
 # Stage modules that pull in psycopg, boto3, zstandard or subprocess tooling: tasks only.
 STAGE_MODULES = {
@@ -210,7 +211,7 @@ print(json.dumps({
     "preloaded": sorted(before),
     "new": sorted(m for m in WATCH if m in sys.modules and m not in before),
     "pg_backup": sorted(m for m in sys.modules if m.split(".")[0] == "pg_backup"),
-    "dags": sorted(k for k in vars(module) if k.startswith("pg_backup_")),
+    "dags": sorted(k for k in vars(module) if k.startswith(("pg_backup_", "pg_retention_"))),
 }))
 """
 
@@ -245,7 +246,7 @@ def test_dag_file_import_stays_light(config_file: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("dag_id", ALL_DAGS)
 def test_dag_house_rules(dagbag: Any, dag_id: str) -> None:
     """Tags, an owner, doc_md, one active run at a time, no catchup."""
-    target = dag_id.rsplit("_", 1)[-1]
+    target = next(t for t in TARGETS if dag_id.endswith(f"_{t}"))
     d = dag(dagbag, dag_id)
     assert d.tags, "no tags"
     assert {"pg_backup", target} <= set(d.tags)
@@ -270,7 +271,7 @@ def test_task_house_rules(dagbag: Any, dag_id: str) -> None:
         assert t.on_failure_callback, f"{t.task_id}: no failure notification"
 
 
-@pytest.mark.parametrize("dag_id", ALL_DAGS)
+@pytest.mark.parametrize("dag_id", SCHEDULED + EMERGENCY)
 def test_teardowns_are_teardowns(dagbag: Any, dag_id: str) -> None:
     """Scratch DB drop and staging cleanup are teardown tasks (they run whatever happened)."""
     d = dag(dagbag, dag_id)
