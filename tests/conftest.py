@@ -205,6 +205,16 @@ class MailSink:
         with self.lock:
             self.messages.clear()
 
+    @staticmethod
+    def text(message: Message) -> str:
+        """Every text part of a message, decoded."""
+        parts = message.walk() if message.is_multipart() else [message]
+        return "\n".join(
+            p.get_payload(decode=True).decode(p.get_content_charset() or "utf-8", "replace")
+            for p in parts
+            if p.get_content_maintype() == "text"
+        )
+
 
 @pytest.fixture(scope="session")
 def smtp_sink() -> Iterator[MailSink]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -58,7 +59,17 @@ def parse_size(value: Any) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+def check_cron(value: str) -> str:
+    """Accept a cron expression (or @daily-style preset), else name the expected form."""
+    from croniter import croniter
+
+    if not croniter.is_valid(value):
+        raise ValueError("not a cron expression: write it like '0 2 * * *' or '@daily'")
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Cron = Annotated[str, AfterValidator(check_cron)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 ConnId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=250)]
 
@@ -202,7 +213,7 @@ STAGE_OF_TASK = {
 class RetentionConfig(_Model):
     """The daily retention sweep: grandfather-father-son over verified sets, with rails."""
 
-    schedule: str = "30 4 * * *"
+    schedule: Cron = "30 4 * * *"
     daily: int = Field(7, ge=0, le=3650)
     weekly: int = Field(4, ge=0, le=520)
     monthly: int = Field(12, ge=0, le=1200)
@@ -213,14 +224,6 @@ class RetentionConfig(_Model):
     freshness: Duration = timedelta(hours=26)
     staging_keep_days: int = Field(3, ge=1, le=365)
 
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        from croniter import croniter
-
-        if not croniter.is_valid(value):
-            raise ValueError("not a cron expression: write it like '30 4 * * *' or '@daily'")
-        return value
 
     @field_validator("timezone")
     @classmethod
@@ -232,6 +235,22 @@ class RetentionConfig(_Model):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("unknown time zone: use a name like UTC or Europe/Berlin") from None
         return value
+
+
+class CheckConfig(_Model):
+    """An invariant the restored database must satisfy: SQL returning true, or no rows."""
+
+    name: str = Field(min_length=1)
+    sql: str = Field(min_length=1)
+
+
+class DrillConfig(_Model):
+    """The weekly restore drill."""
+
+    schedule: Cron = "0 4 * * 0"
+    rto: Duration = Field(timedelta(minutes=30), description="recovery-time objective")
+    checks: list[CheckConfig] = Field(default_factory=list)
+
 
 
 class EmergencyConfig(_Model):
@@ -248,7 +267,7 @@ class TargetConfig(_Model):
     scratch_conn_id: ConnId
     storage: StorageConfig
     encryption: EncryptionConfig
-    schedule: str = "0 2 * * *"
+    schedule: Cron = "0 2 * * *"
     owner: str = "dba"
     tags: list[str] = Field(default_factory=list)
     staging_dir: str = "/tmp/pg_backup-staging"
@@ -266,6 +285,7 @@ class TargetConfig(_Model):
     )
     emergency: EmergencyConfig = EmergencyConfig()
     retention: RetentionConfig = RetentionConfig()
+    drill: DrillConfig = DrillConfig()
     retries: int = Field(2, ge=2, le=20, description="retries per task (2 or more)")
     retry_delay: Duration = timedelta(minutes=1)
     max_retry_delay: Duration = timedelta(minutes=30)
@@ -280,14 +300,6 @@ class TargetConfig(_Model):
             )
         return value
 
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        from croniter import croniter
-
-        if not croniter.is_valid(value):
-            raise ValueError("not a cron expression: write it like '0 2 * * *' or '@daily'")
-        return value
 
     @field_validator("staging_dir")
     @classmethod

@@ -339,12 +339,13 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
 def build_dags(config: Config) -> dict[str, DAG]:
     """Every DAG of every target, keyed by dag_id."""
+    from pg_backup.dag_drill import build_drill_dag
     from pg_backup.dag_sweep import build_sweep_dag
 
     dags: dict[str, DAG] = {}
     for cfg in config.targets.values():
         built = [build_backup_dag(cfg, "scheduled"), build_backup_dag(cfg, "emergency")]
-        built.append(build_sweep_dag(cfg))
+        built += [build_sweep_dag(cfg), build_drill_dag(cfg)]
         dags.update((dag.dag_id, dag) for dag in built)
     return dags
 

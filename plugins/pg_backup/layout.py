@@ -57,6 +57,20 @@ def scratch_db_name(backup: str) -> str:
     return name
 
 
+def drill_db_name(backup: str) -> str:
+    """The drill's restore database of one backup (63 bytes at most, lower case)."""
+    name = f"pgb_drill_{backup.lower()}"
+    if len(name) > 63:
+        raise ValueError(f"drill database name {name!r} is longer than 63 bytes")
+    return name
+
+
+def drill_report_key(target: str, when: datetime, run_id: str) -> str:
+    """Where a drill report is stored: ``<target>/drills/<date>-<run>.json``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    return f"{target}/drills/{when:%Y-%m-%d}-{safe}.json"
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """What every stage needs to know about the backup its DAG run is making."""

@@ -12,7 +12,7 @@ from pg_backup import layout, staging
 from pg_backup.config import TargetConfig
 from pg_backup.dump import DumpResult, TableCount, count_relations, counts_from_json
 from pg_backup.manifest import Verification
-from pg_backup.pgconn import endpoint
+from pg_backup.pgconn import PgEndpoint, endpoint
 from pg_backup.storage import Storage, open_storage, retain_until
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,15 @@ def format_differences(items: list[Difference]) -> str:
     return "\n".join(lines)
 
 
+def compare_database(
+    target: PgEndpoint, expected: list[TableCount], schemas: list[str], exclude: list[str]
+) -> Comparison:
+    """Count a restored database and compare it with the snapshot counts."""
+    with target.connect(autocommit=True) as conn, conn.cursor() as cur:
+        restored = count_relations(cur, schemas, exclude)
+    return compare_counts(expected, restored)
+
+
 def verify_counts(
     cfg: TargetConfig,
     run: layout.RunInfo,
@@ -97,9 +106,7 @@ def verify_counts(
         json.loads(staging.read_small(run.staging_path / dumped.tables.name, dumped.tables))
     )
     scratch = endpoint(cfg.scratch_conn_id).with_db(database)
-    with scratch.connect(autocommit=True) as conn, conn.cursor() as cur:
-        restored = count_relations(cur, cfg.dump.schemas, cfg.dump.exclude_schemas)
-    result = compare_counts(expected, restored)
+    result = compare_database(scratch, expected, cfg.dump.schemas, cfg.dump.exclude_schemas)
     record = Verification(
         backup_id=run.backup_id,
         status="verified" if result.ok else "failed",
