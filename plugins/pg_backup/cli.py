@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -106,6 +107,156 @@ def _target_checks(cfg: object) -> list[tuple[str, Callable[[], str]]]:
     ]
 
 
+def _load_target(args: argparse.Namespace) -> Any:
+    from pg_backup.config import load_config
+
+    return load_config(args.config).target(args.target)
+
+
+def _list(args: argparse.Namespace) -> int:
+    import json
+
+    from pg_backup.storage import open_storage
+    from pg_backup.sweep import inventory
+
+    cfg = _load_target(args)
+    store = open_storage(cfg.storage)
+    found = inventory(store, cfg.name)
+    drilled: dict[str, str] = {}
+    for obj in sorted(store.list(f"{cfg.name}/drills/"), key=lambda o: o.key):
+        for item in json.loads(store.get_bytes(obj.key)).get("backups", []):
+            drilled[item["backup_id"]] = "passed" if item.get("ok") else "FAILED"
+    print(f"{'backup id':<46} {'taken (UTC)':<17} {'kind':<9} {'MB':>9}  {'status':<10} drilled")
+    for s in sorted(found.sets, key=lambda s: s.taken_at, reverse=True):
+        print(
+            f"{s.backup_id:<46} {s.taken_at[:16].replace('T', ' '):<17} {s.kind:<9} "
+            f"{s.bytes / 1e6:>9.1f}  {s.status:<10} {drilled.get(s.backup_id, '-')}"
+        )
+    if found.stray:
+        print(f"({len(found.stray)} object(s) under {cfg.name}/ are not part of any set)")
+    print(f"{len(found.sets)} set(s) in {store.url}")
+    return 0
+
+
+def _identities(args: argparse.Namespace, cfg: Any) -> list[str]:
+    from pg_backup.drill import DrillError, identities_from_connection, split_identities
+
+    if args.identity:
+        keys = split_identities(Path(args.identity).read_text())
+        if not keys:
+            raise DrillError(f"{args.identity} holds no AGE-SECRET-KEY-1... line")
+        return keys
+    return identities_from_connection(cfg.encryption.identity_conn_id)
+
+
+def _fetch_and_open(args: argparse.Namespace, cfg: Any, work: Path) -> tuple[Any, dict[str, Any]]:
+    """Fetch, hash-check, decrypt and decompress one set into ``work``."""
+    import time
+
+    from pg_backup.drill import decompress_set, decrypt_set, fetch_set, load_manifest
+    from pg_backup.storage import open_storage
+
+    store = open_storage(cfg.storage)
+    manifest = load_manifest(store, cfg.name, args.backup_id)
+    started = time.monotonic()
+    fetched = fetch_set(store, manifest, work)
+    print(f"fetched   {manifest.data.bytes / 1e6:,.1f} MB, sha256 matches the manifest "
+          f"({fetched['seconds']:.1f} s)", flush=True)
+    decrypted = decrypt_set(work, fetched, _identities(args, cfg), manifest)
+    print(f"decrypted with the private key ({decrypted['seconds']:.1f} s)", flush=True)
+    opened = decompress_set(work, decrypted)
+    print(f"decompressed {manifest.dump_bytes / 1e6:,.1f} MB dump ({opened['seconds']:.1f} s, "
+          f"{time.monotonic() - started:.1f} s so far)", flush=True)
+    return manifest, {"decrypted": decrypted, "opened": opened}
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import tempfile
+
+    cfg = _load_target(args)
+    with tempfile.TemporaryDirectory(prefix="pg-backup-verify-") as tmp:
+        manifest, _ = _fetch_and_open(args, cfg, Path(tmp))
+    print(f"ok: {manifest.backup_id} is intact and decrypts (no restore done)")
+    return 0
+
+
+def _restore_target(args: argparse.Namespace, cfg: Any) -> Any:
+    from pg_backup.pgconn import PgEndpoint, endpoint
+
+    into = args.into
+    if "=" in into or "://" in into:
+        from psycopg.conninfo import conninfo_to_dict
+
+        fields = {k: str(v) for k, v in conninfo_to_dict(into).items() if v is not None}
+        if not fields.get("dbname"):
+            raise SystemExit("error: --into names no database (dbname=...)")
+        options = {k: fields[k] for k in ("sslmode", "sslrootcert") if k in fields}
+        return PgEndpoint(
+            conn_id="--into", host=fields.get("host", ""), port=int(fields.get("port", 5432)),
+            user=fields.get("user") or os.environ.get("USER", ""), dbname=fields["dbname"],
+            password=fields.get("password"), options=options,
+        )
+    return endpoint(into)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    import tempfile
+    import time
+
+    from pg_backup.pgconn import endpoint
+    from pg_backup.restore import create_database, refuse_source, restore_dump
+    from pg_backup.verify import compare_database, format_differences
+    from pg_backup.drill import expected_counts
+
+    cfg = _load_target(args)
+    target = _restore_target(args, cfg)
+    try:
+        source = endpoint(cfg.source_conn_id)
+    except Exception:  # noqa: BLE001 - the source connection may be gone on the worst day
+        source = None
+    if source is not None:
+        refuse_source(target.with_db("postgres"), source, target.dbname)
+    server = target.with_db("postgres")
+    with server.connect(autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (target.dbname,)
+        ).fetchone()
+    if exists:
+        with target.connect(autocommit=True) as conn:
+            relations = conn.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p', 'm', 'v', 'S') AND n.nspname NOT LIKE 'pg\\_%%' "
+                "AND n.nspname <> 'information_schema'"
+            ).fetchone()[0]
+        if relations and not args.force:
+            print(f"error: database {target.describe()} exists and holds {relations} relation(s); "
+                  "restore into a new or empty database, or pass --force to drop and recreate it",
+                  file=sys.stderr)
+            return 2
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pg-backup-restore-") as tmp:
+        work = Path(tmp)
+        manifest, opened = _fetch_and_open(args, cfg, work)
+        if not exists or args.force:
+            create_database(server, target.dbname)
+            print(f"created   database {target.describe()}", flush=True)
+        seconds = restore_dump(
+            target, str(work / "db.dump"), args.jobs, cfg.dump.pg_bin_dir
+        )
+        print(f"restored  with pg_restore -j {args.jobs} ({seconds:.1f} s)", flush=True)
+        expected = expected_counts(work, opened["decrypted"])
+    result = compare_database(target, expected, cfg.dump.schemas, cfg.dump.exclude_schemas)
+    total = time.monotonic() - started
+    if not result.ok:
+        print(format_differences(result.differences))
+        print(f"FAILED: {len(result.differences)} relation(s) differ from the snapshot")
+        return 1
+    print(f"verified  {result.checked} relations, {result.rows:,} rows exactly as in the snapshot "
+          f"of {manifest.snapshot_at}")
+    print(f"done: {manifest.backup_id} restored into {target.describe()} in {total:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="pg-backup", description=__doc__)
@@ -120,13 +271,43 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and every connection")
     check.add_argument("target", nargs="*", help="only these targets")
     check.set_defaults(func=_check)
+    listing = sub.add_parser("list", help="backup sets of a target, newest first")
+    listing.add_argument("target")
+    listing.set_defaults(func=_list)
+    for name, func, text in (
+        ("verify", _verify, "download, check the hash, decrypt and decompress (no restore)"),
+        ("restore", _restore, "restore a set into a new or empty database, then check counts"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("target")
+        cmd.add_argument("backup_id")
+        cmd.add_argument("--identity", help="age key file (default: the identity connection)")
+        cmd.set_defaults(func=func)
+        if name == "restore":
+            cmd.add_argument("--into", required=True,
+                             help="libpq DSN or Airflow connection id of the database to create")
+            cmd.add_argument("--force", action="store_true",
+                             help="drop and recreate the database if it exists and is not empty")
+            cmd.add_argument("--jobs", type=int, default=2, help="pg_restore -j (default 2)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pg-backup`` console script."""
+    from pg_backup.config import ConfigError
+    from pg_backup.drill import DrillError
+    from pg_backup.pgconn import ConnectionConfigError
+    from pg_backup.restore import RestoreError
+    from pg_backup.storage import StorageError
+    from pg_backup.tools import ToolFailed
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ConfigError, DrillError, ConnectionConfigError, ConnectionError, RestoreError,
+            StorageError, ToolFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -121,12 +121,15 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
         @task(execution_timeout=cfg.timeouts.upload, doc_md=TASK_DOCS["delete"])
         def delete(found: dict[str, Any], planned: dict[str, Any], **context: Any) -> dict:
             from pg_backup.storage import open_storage
-            from pg_backup.sweep import Inventory, delete_sets, utcnow
+            from pg_backup.sweep import Inventory, delete_sets, unfinished_deletes, utcnow
 
+            listing = Inventory.from_xcom(found)
             ids = [s["backup_id"] for s in planned["sets"] if not s["keep"]]
+            # Remnants of an interrupted sweep go whatever the grace period says.
+            ids += [i for i in unfinished_deletes(listing) if i not in ids]
             return delete_sets(
                 open_storage(cfg.storage, for_delete=True),
-                Inventory.from_xcom(found),
+                listing,
                 ids,
                 dry_run=bool(context["params"]["dry_run"]),
                 now=utcnow(),

@@ -277,7 +277,10 @@ def plan_retention(
     grace = timedelta(days=policy.grace_days)
     for backup in past:
         age = as_of - backup.taken_at
-        if backup.status != "verified":
+        # An emergency set taken with verify=false is complete but unverified on purpose: the
+        # user chose its keep_days, so it keeps them.
+        deliberate = backup.kind == "emergency" and backup.status == "unverified"
+        if backup.status != "verified" and not deliberate:
             # A broken set is useless for restore; keep it briefly for debugging.
             if age < grace:
                 rules[backup.backup_id].append(f"grace {policy.grace_days}d")

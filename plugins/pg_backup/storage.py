@@ -232,6 +232,7 @@ class S3Storage(Storage):
         return args
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -240,7 +241,7 @@ class S3Storage(Storage):
             code = exc.response.get("Error", {}).get("Code", "?")
             message = exc.response.get("Error", {}).get("Message", "")
             raise StorageError(f"{what}: S3 error {code}: {message}") from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, S3UploadFailedError) as exc:
             raise StorageError(f"{what}: {exc}") from None
 
     def put_file(
@@ -335,13 +336,15 @@ class S3Storage(Storage):
 
     def exists(self, key: str) -> bool:
         """HEAD the key."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return False
+            raise StorageError(f"check {self.describe(key)}: {exc}") from None
+        except BotoCoreError as exc:
             raise StorageError(f"check {self.describe(key)}: {exc}") from None
         return True
 

@@ -155,6 +155,21 @@ def inventory(store: Storage, target: str) -> Inventory:
     return Inventory(sets=records, objects=count, stray=sorted(stray))
 
 
+def unfinished_deletes(found: Inventory) -> list[str]:
+    """Sets an earlier sweep began deleting: the manifest is still there, the data is gone.
+
+    Uploads write the data object first and the manifest last, so only a delete leaves this
+    shape. The planner sees such a set as "incomplete" and would keep it for grace_days (meant
+    for debugging a failed upload); a sweep must finish its own deletes instead.
+    """
+    return [
+        s.backup_id
+        for s in found.sets
+        if s.prefix + layout.MANIFEST_OBJECT in s.keys
+        and s.prefix + layout.DATA_OBJECT not in s.keys
+    ]
+
+
 def policy_of(cfg: TargetConfig) -> RetentionPolicy:
     """The planner's policy from the target's config."""
     r = cfg.retention
@@ -253,7 +268,7 @@ def check_freshness(found: Inventory, now: datetime, limit: timedelta) -> str:
     """Raise StaleBackup when the newest verified set is older than ``limit``."""
     newest = newest_verified(found)
     if newest is None:
-        raise StaleBackup("no verified backup at all")
+        raise StaleBackup("ever: there is no verified backup in storage")
     taken = datetime.fromisoformat(newest.taken_at)
     age = now - taken
     if age > limit:

@@ -662,3 +662,18 @@ def test_plan_to_json_reports_sets_and_counts() -> None:
     ]
     assert report["sets"][1]["rules"] == ["grace 3d"]
     assert report["policy"]["timezone"] == "UTC"
+
+
+def test_emergency_set_taken_without_verify_keeps_its_keep_days() -> None:
+    """An emergency set made with verify=false keeps its keep_days; a failed one only grace."""
+    as_of = datetime(2026, 6, 30, 12, tzinfo=UTC)
+    taken = as_of - timedelta(days=10)
+    sets = [
+        BackupSet("v", as_of - timedelta(days=1), "scheduled", "verified"),
+        BackupSet("e_unverified", taken, "emergency", "unverified", keep_days=30),
+        BackupSet("e_failed", taken - timedelta(seconds=1), "emergency", "failed", keep_days=30),
+    ]
+    plan = plan_retention(sets, RetentionPolicy(), as_of, force=True)
+    rules = {d.backup.backup_id: d.rules for d in plan.decisions}
+    assert rules["e_unverified"] == ("emergency keep 30d",)
+    assert rules["e_failed"] == ()
