@@ -224,7 +224,6 @@ class RetentionConfig(_Model):
     freshness: Duration = timedelta(hours=26)
     staging_keep_days: int = Field(3, ge=1, le=365)
 
-
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
@@ -250,7 +249,6 @@ class DrillConfig(_Model):
     schedule: Cron = "0 4 * * 0"
     rto: Duration = Field(timedelta(minutes=30), description="recovery-time objective")
     checks: list[CheckConfig] = Field(default_factory=list)
-
 
 
 class EmergencyConfig(_Model):
@@ -300,7 +298,6 @@ class TargetConfig(_Model):
             )
         return value
 
-
     @field_validator("staging_dir")
     @classmethod
     def _staging(cls, value: str) -> str:
@@ -342,9 +339,7 @@ class Config(_Model):
             return self.targets[name]
         except KeyError:
             known = ", ".join(sorted(self.targets)) or "none"
-            raise ConfigError(
-                f"{self.path}: no target {name!r} (targets: {known})"
-            ) from None
+            raise ConfigError(f"{self.path}: no target {name!r} (targets: {known})") from None
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -416,8 +411,10 @@ def parse_config(raw: Any, path: str = "<config>") -> Config:
     if not isinstance(defaults, dict):
         raise ConfigError(f"{path}: defaults must be a mapping")
     if not isinstance(targets, dict) or not targets:
-        raise ConfigError(f"{path}: targets: add at least one target, like 'targets: {{voting: "
-                          "{source_conn_id: voting_db}}'")
+        raise ConfigError(
+            f"{path}: targets: add at least one target, like 'targets: {{voting: "
+            "{source_conn_id: voting_db}}'"
+        )
     resolved: dict[str, TargetConfig] = {}
     problems: list[str] = []
     for name, override in targets.items():

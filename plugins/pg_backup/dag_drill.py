@@ -55,16 +55,22 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
         default_args=default_args(cfg),
         params={
             "backup_id": Param(
-                None, type=["null", "string"], title="Backup id",
+                None,
+                type=["null", "string"],
+                title="Backup id",
                 description="Drill exactly this set (empty: newest + one random older).",
             ),
             "seed": Param(
-                None, type=["null", "integer"], title="Seed",
+                None,
+                type=["null", "integer"],
+                title="Seed",
                 description="Repeat an earlier drill's random pick (from its report).",
             ),
         },
         doc_md=DOC.format(
-            target=cfg.name, identity=cfg.encryption.identity_conn_id, rto=drill.rto,
+            target=cfg.name,
+            identity=cfg.encryption.identity_conn_id,
+            rto=drill.rto,
             checks=len(drill.checks),
         ),
     ) as dag:
@@ -165,8 +171,10 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
                 path = workdir(context, backup) / dump.name
                 staging.check_present(path, dump)
                 seconds[backup] = round(
-                    restore_dump(scratch.with_db(name), str(path), cfg.restore.jobs,
-                                 cfg.dump.pg_bin_dir), 3
+                    restore_dump(
+                        scratch.with_db(name), str(path), cfg.restore.jobs, cfg.dump.pg_bin_dir
+                    ),
+                    3,
                 )
             return seconds
 

@@ -5,7 +5,7 @@ Nothing here touches a connection, a database or the network: that happens when 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
@@ -37,7 +37,7 @@ The set is tagged `emergency` and kept `keep_days` days, apart from the daily ro
 Untick `verify` only when there is no time for the verification restore.
 """
 
-START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 TASK_DOCS = {
     "preflight": "Source reachable, pg_dump new enough, scratch server is not the source, "
@@ -264,8 +264,8 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
         @task(execution_timeout=timeouts.restore, doc_md=TASK_DOCS["restore"])
         def restore(dumped: dict[str, Any], database: str, **context: Any) -> dict[str, Any]:
             from pg_backup.dump import DumpResult
-            from pg_backup.restore import create_database, restore_staged
             from pg_backup.pgconn import endpoint
+            from pg_backup.restore import create_database, restore_staged
 
             result = DumpResult.from_xcom(dumped)
             if context["ti"].try_number > 1:
@@ -353,4 +353,3 @@ def build_dags(config: Config) -> dict[str, DAG]:
 def load_dags() -> dict[str, DAG]:
     """Read the config file and build every DAG (what the thin DAG file calls)."""
     return build_dags(load_config())
-

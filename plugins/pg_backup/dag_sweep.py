@@ -76,15 +76,28 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
         tags=["pg_backup", cfg.name, "retention", *cfg.tags],
         default_args=args,
         params={
-            "dry_run": Param(False, type="boolean", title="Dry run",
-                             description="Plan and report, delete nothing."),
-            "force": Param(False, type="boolean", title="Force",
-                           description="Allow a plan that deletes more than "
-                           f"{r.max_delete_fraction:.0%} of the sets."),
+            "dry_run": Param(
+                False,
+                type="boolean",
+                title="Dry run",
+                description="Plan and report, delete nothing.",
+            ),
+            "force": Param(
+                False,
+                type="boolean",
+                title="Force",
+                description="Allow a plan that deletes more than "
+                f"{r.max_delete_fraction:.0%} of the sets.",
+            ),
         },
         doc_md=DOC.format(
-            target=cfg.name, daily=r.daily, weekly=r.weekly, monthly=r.monthly,
-            grace=r.grace_days, min_verified=r.min_verified, fraction=r.max_delete_fraction,
+            target=cfg.name,
+            daily=r.daily,
+            weekly=r.weekly,
+            monthly=r.monthly,
+            grace=r.grace_days,
+            min_verified=r.min_verified,
+            fraction=r.max_delete_fraction,
             freshness=r.freshness,
         ),
     ) as dag:
@@ -143,9 +156,11 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
             dry = bool(context["params"]["dry_run"])
             store = open_storage(cfg.storage, for_delete=True)
             now = utcnow()
-            aborted = [] if dry else store.abort_stale_uploads(f"{cfg.name}/", now - timedelta(days=1))
-            removed = [] if dry else clean_staging(
-                cfg.staging_dir, cfg.name, r.staging_keep_days, now
+            aborted = (
+                [] if dry else store.abort_stale_uploads(f"{cfg.name}/", now - timedelta(days=1))
+            )
+            removed = (
+                [] if dry else clean_staging(cfg.staging_dir, cfg.name, r.staging_keep_days, now)
             )
             return {"aborted_uploads": aborted, "staging_removed": removed}
 
@@ -161,8 +176,9 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
             return check(Inventory.from_xcom(found), _as_of(context), r.freshness)
 
         @task(execution_timeout=timeout, doc_md=TASK_DOCS["report"])
-        def report(planned: dict[str, Any], deleted: dict[str, Any], kept: dict[str, Any],
-                   **context: Any) -> str:
+        def report(
+            planned: dict[str, Any], deleted: dict[str, Any], kept: dict[str, Any], **context: Any
+        ) -> str:
             import json
 
             from pg_backup.storage import open_storage
@@ -171,7 +187,9 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
             run = context["dag_run"]
             key = report_key(cfg.name, _as_of(context), run.run_id)
             doc = {"run_id": run.run_id, "plan": planned, "delete": deleted, "housekeeping": kept}
-            open_storage(cfg.storage).put_bytes(key, json.dumps(doc, indent=2, default=str).encode())
+            open_storage(cfg.storage).put_bytes(
+                key, json.dumps(doc, indent=2, default=str).encode()
+            )
             return key
 
         found = inventory()

@@ -88,7 +88,9 @@ def _env(config: Path, fields: dict[str, str]) -> dict[str, str]:
             "PG_BACKUP_CONFIG": str(config),
             # Connections reach Airflow through the environment, never through argv.
             "AIRFLOW_CONN_PG_BACKUP_DEMO_SOURCE": _conn_json(fields, DEMO_DB),
-            "AIRFLOW_CONN_PG_BACKUP_DEMO_SCRATCH": _conn_json(fields, fields.get("dbname", "postgres")),
+            "AIRFLOW_CONN_PG_BACKUP_DEMO_SCRATCH": _conn_json(
+                fields, fields.get("dbname", "postgres")
+            ),
         }
     )
     return env
@@ -101,7 +103,9 @@ def _airflow(args: list[str], env: dict[str, str], log: Path) -> None:
         ).returncode
     if code != 0:
         tail = log.read_text(errors="replace").splitlines()[-40:]
-        sys.exit(f"airflow {' '.join(args)} failed (exit {code}); end of {log}:\n" + "\n".join(tail))
+        sys.exit(
+            f"airflow {' '.join(args)} failed (exit {code}); end of {log}:\n" + "\n".join(tail)
+        )
 
 
 def _summary(config: Path) -> dict[str, Any]:
@@ -148,7 +152,9 @@ def airflow() -> None:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(DEMO / "ui-login.json"),
         }
     )
-    os.execvpe(str(REPO / "deploy" / "airflow.sh"), [str(REPO / "deploy" / "airflow.sh"), "all"], env)
+    os.execvpe(
+        str(REPO / "deploy" / "airflow.sh"), [str(REPO / "deploy" / "airflow.sh"), "all"], env
+    )
 
 
 def main() -> int:

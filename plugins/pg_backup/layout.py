@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,14 +21,16 @@ ENCRYPTED_FILE = DATA_OBJECT
 TABLES_FILE = "tables.json"
 ENCRYPTED_TABLES_FILE = TABLES_OBJECT
 
-_ID = re.compile(r"^(?P<target>[a-z][a-z0-9_]*)_(?P<ts>\d{8}T\d{6}Z)_(?P<kind>scheduled|emergency)$")
+_ID = re.compile(
+    r"^(?P<target>[a-z][a-z0-9_]*)_(?P<ts>\d{8}T\d{6}Z)_(?P<kind>scheduled|emergency)$"
+)
 
 
 def backup_id(target: str, taken_at: datetime, kind: Kind) -> str:
     """``<target>_<YYYYMMDDTHHMMSSZ>_<kind>``: the same run always gives the same id."""
     if taken_at.tzinfo is None:
         raise ValueError("taken_at must be timezone-aware")
-    stamp = taken_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{target}_{stamp}_{kind}"
 
 
@@ -37,9 +39,10 @@ def parse_backup_id(value: str) -> tuple[str, datetime, Kind]:
     match = _ID.match(value)
     if not match:
         raise ValueError(
-            f"{value!r} is not a backup id: expected <target>_<YYYYMMDDTHHMMSSZ>_<scheduled|emergency>"
+            f"{value!r} is not a backup id: expected "
+            "<target>_<YYYYMMDDTHHMMSSZ>_<scheduled|emergency>"
         )
-    taken_at = datetime.strptime(match["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    taken_at = datetime.strptime(match["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     return match["target"], taken_at, match["kind"]  # type: ignore[return-value]
 
 
@@ -103,13 +106,13 @@ def run_info(target: str, kind: Kind, staging_dir: str, context: Any) -> RunInfo
     dag_run = context["dag_run"]
     when = dag_run.run_after or dag_run.logical_date
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     backup = backup_id(target, when, kind)
     return RunInfo(
         target=target,
         kind=kind,
         backup_id=backup,
-        taken_at=when.astimezone(timezone.utc).isoformat(),
+        taken_at=when.astimezone(UTC).isoformat(),
         dag_id=dag_run.dag_id,
         run_id=dag_run.run_id,
         staging=str(Path(staging_dir) / target / backup),

@@ -118,7 +118,8 @@ def endpoint_from_connection(conn: Any, conn_id: str | None = None) -> PgEndpoin
     conn_type = (getattr(conn, "conn_type", None) or "").lower()
     if conn_type and conn_type not in {"postgres", "postgresql"}:
         raise ConnectionConfigError(
-            f"connection {cid!r} has conn_type {conn_type!r}: pg_backup needs a 'postgres' connection"
+            f"connection {cid!r} has conn_type {conn_type!r}: pg_backup needs a 'postgres' "
+            "connection"
         )
     extras = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
     options = {k: str(v) for k, v in (extras or {}).items() if k in _LIBPQ_EXTRAS}

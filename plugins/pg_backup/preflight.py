@@ -81,6 +81,12 @@ def check_free_space(staging_dir: str, estimated: int, headroom: float) -> int:
     return free
 
 
+def _one(conn: Any, sql: str) -> tuple[Any, ...]:
+    row = conn.execute(sql).fetchone()
+    assert row is not None, sql  # aggregates and settings always return a row
+    return tuple(row)
+
+
 def run_preflight(
     cfg: TargetConfig,
     source: PgEndpoint | None = None,
@@ -95,14 +101,17 @@ def run_preflight(
     check_not_source(scratch, source)
 
     with source.connect(autocommit=True) as conn:
-        version, major = conn.execute(
+        version, major = _one(
+            conn,
             "SELECT current_setting('server_version'),"
-            " current_setting('server_version_num')::int / 10000"
-        ).fetchone()
-        estimated = int(conn.execute(_SIZE_SQL).fetchone()[0])
+            " current_setting('server_version_num')::int / 10000",
+        )
+        estimated = int(_one(conn, _SIZE_SQL)[0])
     log.info("preflight: source %s is PostgreSQL %s", source.describe(), version)
 
-    pg_dump_major, pg_dump_version = tools.tool_version(tools.tool_path("pg_dump", cfg.dump.pg_bin_dir))
+    pg_dump_major, pg_dump_version = tools.tool_version(
+        tools.tool_path("pg_dump", cfg.dump.pg_bin_dir)
+    )
     check_pg_dump(pg_dump_major, int(major))
     tools.tool_path("pg_restore", cfg.dump.pg_bin_dir)
 

@@ -106,7 +106,9 @@ def _mb(value: int | None) -> str:
 class HashingWriter:
     """A write-only file wrapper that hashes (whole and per part) what passes through."""
 
-    def __init__(self, raw: IO[bytes], part_size: int | None = None, progress: Progress | None = None):
+    def __init__(
+        self, raw: IO[bytes], part_size: int | None = None, progress: Progress | None = None
+    ):
         self.raw = raw
         self.count = 0
         self._sha = hashlib.sha256()

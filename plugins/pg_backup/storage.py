@@ -8,13 +8,14 @@ computed itself (S3 ``ChecksumSHA256``) or the bytes the file backend actually w
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ class Storage(ABC):
         """Upload a staged file, check it while reading, prove the stored copy matches it."""
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes, retain_until: datetime | None = None) -> StoredObject:
+    def put_bytes(
+        self, key: str, data: bytes, retain_until: datetime | None = None
+    ) -> StoredObject:
         """Store a small document (manifest, report) and prove it arrived intact."""
 
     @abstractmethod
@@ -81,7 +84,7 @@ class Storage(ABC):
         """Object Lock retention date of a key (None: not locked, or no such feature)."""
         return None
 
-    def abort_stale_uploads(self, prefix: str, older_than: datetime) -> list[str]:
+    def abort_stale_uploads(self, prefix: str, older_than: datetime) -> builtins.list[str]:
         """Abort multipart uploads started before ``older_than``; return their keys."""
         return []
 
@@ -128,7 +131,9 @@ class FileStorage(Storage):
         progress.summary(reader.count, writer.count)
         return StoredObject(key, dest.stat().st_size)
 
-    def put_bytes(self, key: str, data: bytes, retain_until: datetime | None = None) -> StoredObject:
+    def put_bytes(
+        self, key: str, data: bytes, retain_until: datetime | None = None
+    ) -> StoredObject:
         """Write atomically."""
         dest = self._path(key)
         with staging.atomic_output(dest) as out:
@@ -183,7 +188,7 @@ class FileStorage(Storage):
                 yield StoredObject(
                     str(path.relative_to(self.root)),
                     stat.st_size,
-                    datetime.fromtimestamp(stat.st_mtime, timezone.utc),
+                    datetime.fromtimestamp(stat.st_mtime, UTC),
                 )
 
     def check_writable(self, key: str) -> None:
@@ -294,7 +299,9 @@ class S3Storage(Storage):
         progress.summary(staged.bytes, staged.bytes)
         return StoredObject(key, int(head["ContentLength"]))
 
-    def put_bytes(self, key: str, data: bytes, retain_until: datetime | None = None) -> StoredObject:
+    def put_bytes(
+        self, key: str, data: bytes, retain_until: datetime | None = None
+    ) -> StoredObject:
         """PUT with a SHA256 checksum the store verifies and echoes back."""
         expected = base64.b64encode(hashlib.sha256(data).digest()).decode()
         where = self.describe(key)
@@ -314,8 +321,10 @@ class S3Storage(Storage):
     def get_bytes(self, key: str) -> bytes:
         """GET a small object."""
         response = self._call(
-            f"read {self.describe(key)}", self.client.get_object, Bucket=self.bucket,
-            Key=self._key(key)
+            f"read {self.describe(key)}",
+            self.client.get_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
         )
         return bytes(response["Body"].read())
 
@@ -351,8 +360,10 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         """DELETE the key (in a versioned bucket this adds a delete marker)."""
         self._call(
-            f"delete {self.describe(key)}", self.client.delete_object, Bucket=self.bucket,
-            Key=self._key(key)
+            f"delete {self.describe(key)}",
+            self.client.delete_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
         )
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
@@ -373,18 +384,20 @@ class S3Storage(Storage):
     def locked_until(self, key: str) -> datetime | None:
         """The retain-until date S3 reports for the current version."""
         head = self._call(
-            f"check {self.describe(key)}", self.client.head_object, Bucket=self.bucket,
-            Key=self._key(key)
+            f"check {self.describe(key)}",
+            self.client.head_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
         )
         until = head.get("ObjectLockRetainUntilDate")
         legal_hold = head.get("ObjectLockLegalHoldStatus") == "ON"
         if legal_hold:
-            return datetime.max.replace(tzinfo=timezone.utc)
+            return datetime.max.replace(tzinfo=UTC)
         return until if isinstance(until, datetime) else None
 
-    def abort_stale_uploads(self, prefix: str, older_than: datetime) -> list[str]:
+    def abort_stale_uploads(self, prefix: str, older_than: datetime) -> builtins.list[str]:
         """Abort incomplete multipart uploads below the prefix started before ``older_than``."""
-        aborted: list[str] = []
+        aborted: builtins.list[str] = []
         paginator = self.client.get_paginator("list_multipart_uploads")
         pages = self._call(
             f"list uploads {self.describe(prefix)}",

@@ -12,7 +12,7 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,10 @@ class Inventory:
         )
 
 
-def classify(backup_id: str, names: set[str], manifest: Manifest | None,
-             verification: Verification | None) -> str:
-    """verified / failed / unverified / incomplete, from which objects exist and what they say."""
+def classify(
+    backup_id: str, names: set[str], manifest: Manifest | None, verification: Verification | None
+) -> str:
+    """Verified / failed / unverified / incomplete, from which objects exist and what they say."""
     if manifest is None or layout.DATA_OBJECT not in names or layout.TABLES_OBJECT not in names:
         # No manifest (upload died), or a sweep died after deleting data: not a usable backup.
         return "incomplete"
@@ -208,8 +209,9 @@ class DeleteResult:
         return asdict(self)
 
 
-def delete_sets(store: Storage, found: Inventory, delete_ids: list[str], dry_run: bool,
-                now: datetime) -> DeleteResult:
+def delete_sets(
+    store: Storage, found: Inventory, delete_ids: list[str], dry_run: bool, now: datetime
+) -> DeleteResult:
     """Delete the planned sets: data objects first, manifest last; locked sets are skipped."""
     by_id = {s.backup_id: s for s in found.sets}
     deleted: list[str] = []
@@ -225,16 +227,18 @@ def delete_sets(store: Storage, found: Inventory, delete_ids: list[str], dry_run
             log.info("sweep: %s is under Object Lock until %s: kept", record.backup_id, until)
             continue
         if dry_run:
-            log.info("sweep (dry run): would delete %s (%d objects)", record.backup_id,
-                     len(record.keys))
+            log.info(
+                "sweep (dry run): would delete %s (%d objects)", record.backup_id, len(record.keys)
+            )
             continue
         for key in delete_order(record):
             store.delete(key)
             objects += 1
         deleted.append(record.backup_id)
         log.info("sweep: deleted %s (%d objects)", record.backup_id, len(record.keys))
-    return DeleteResult(deleted_sets=deleted, deleted_objects=objects, locked=locked,
-                        dry_run=dry_run)
+    return DeleteResult(
+        deleted_sets=deleted, deleted_objects=objects, locked=locked, dry_run=dry_run
+    )
 
 
 def delete_order(record: SetRecord) -> list[str]:
@@ -251,7 +255,9 @@ def clean_staging(staging_dir: str, target: str, keep_days: int, now: datetime) 
     cutoff = now.timestamp() - keep_days * 86400
     removed = []
     for run_dir in sorted(p for p in base.iterdir() if p.is_dir()):
-        newest = max((p.stat().st_mtime for p in run_dir.rglob("*")), default=run_dir.stat().st_mtime)
+        newest = max(
+            (p.stat().st_mtime for p in run_dir.rglob("*")), default=run_dir.stat().st_mtime
+        )
         if newest < cutoff:
             shutil.rmtree(run_dir)
             removed.append(run_dir.name)
@@ -284,4 +290,4 @@ def report_key(target: str, when: datetime, run_id: str) -> str:
 
 def utcnow() -> datetime:
     """Wall clock, only for Object Lock dates and staging ages (never for the plan)."""
-    return datetime.fromtimestamp(time.time(), timezone.utc)
+    return datetime.fromtimestamp(time.time(), UTC)

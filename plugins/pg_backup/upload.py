@@ -63,7 +63,9 @@ def upload_set(
             store.delete(prefix + stale)
     lock_until = retain_until(cfg.storage, run.taken_at)
     store.put_file(run.staging_path / data.name, prefix + layout.DATA_OBJECT, data, lock_until)
-    store.put_file(run.staging_path / tables.name, prefix + layout.TABLES_OBJECT, tables, lock_until)
+    store.put_file(
+        run.staging_path / tables.name, prefix + layout.TABLES_OBJECT, tables, lock_until
+    )
     manifest = Manifest(
         backup_id=run.backup_id,
         target=run.target,

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pg_backup import layout, staging
 from pg_backup.config import TargetConfig
@@ -74,6 +74,7 @@ def compare_counts(expected: list[TableCount], restored: list[TableCount]) -> Co
 
 def format_differences(items: list[Difference]) -> str:
     """A fixed-width table a person can read in a log or an email."""
+
     def show(value: int | None) -> str:
         return "missing" if value is None else f"{value:,}"
 
@@ -110,7 +111,7 @@ def verify_counts(
     record = Verification(
         backup_id=run.backup_id,
         status="verified" if result.ok else "failed",
-        checked_at=datetime.now(timezone.utc).isoformat(),
+        checked_at=datetime.now(UTC).isoformat(),
         relations_checked=result.checked,
         rows_checked=result.rows,
         mismatches=len(result.differences),
@@ -133,7 +134,8 @@ def verify_counts(
     if not result.ok:
         raise CountMismatch(
             f"backup {run.backup_id}: {len(result.differences)} of {result.checked} relations "
-            f"differ between the snapshot and the restore:\n{format_differences(result.differences)}"
+            "differ between the snapshot and the restore:\n"
+            + format_differences(result.differences)
         )
     log.info(
         "verify done: %d relations, %s rows match exactly, %.1f s",
@@ -142,4 +144,3 @@ def verify_counts(
         record.verify_seconds,
     )
     return record
-

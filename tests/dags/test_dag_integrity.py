@@ -28,7 +28,8 @@ OWNER = "dba-team"
 SCHEDULED = [f"pg_backup_{t}" for t in TARGETS]
 EMERGENCY = [f"pg_backup_emergency_{t}" for t in TARGETS]
 SWEEPS = [f"pg_retention_sweep_{t}" for t in TARGETS]
-ALL_DAGS = SCHEDULED + EMERGENCY + SWEEPS
+DRILLS = [f"pg_restore_drill_{t}" for t in TARGETS]
+ALL_DAGS = SCHEDULED + EMERGENCY + SWEEPS + DRILLS
 TEARDOWNS = {"drop_scratch_db", "cleanup_staging"}
 # Stage modules that pull in psycopg, boto3, zstandard or subprocess tooling: tasks only.
 STAGE_MODULES = {
@@ -211,7 +212,7 @@ print(json.dumps({
     "preloaded": sorted(before),
     "new": sorted(m for m in WATCH if m in sys.modules and m not in before),
     "pg_backup": sorted(m for m in sys.modules if m.split(".")[0] == "pg_backup"),
-    "dags": sorted(k for k in vars(module) if k.startswith(("pg_backup_", "pg_retention_"))),
+    "dags": sorted(k for k in vars(module) if k.startswith(("pg_backup_", "pg_retention_", "pg_restore_"))),
 }))
 """
 
@@ -271,12 +272,13 @@ def test_task_house_rules(dagbag: Any, dag_id: str) -> None:
         assert t.on_failure_callback, f"{t.task_id}: no failure notification"
 
 
-@pytest.mark.parametrize("dag_id", SCHEDULED + EMERGENCY)
+@pytest.mark.parametrize("dag_id", SCHEDULED + EMERGENCY + DRILLS)
 def test_teardowns_are_teardowns(dagbag: Any, dag_id: str) -> None:
     """Scratch DB drop and staging cleanup are teardown tasks (they run whatever happened)."""
     d = dag(dagbag, dag_id)
     teardowns = {t.task_id for t in d.tasks if t.is_teardown}
-    assert teardowns == TEARDOWNS
+    expected = {"drop_drill_dbs", "cleanup"} if dag_id in DRILLS else TEARDOWNS
+    assert teardowns == expected
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
