@@ -12,8 +12,9 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,6 +84,26 @@ class Progress:
     def seconds(self) -> float:
         """Seconds since the stage started."""
         return time.monotonic() - self.started
+
+    @contextmanager
+    def watching(self, measure: Callable[[], int]) -> Iterator[None]:
+        """Log ``measure()`` from a side thread while the block waits on another process."""
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(min(self.every, 5.0)):
+                try:
+                    self.update(measure())
+                except Exception:  # noqa: BLE001 - a failed measurement must not stop the stage
+                    log.debug("progress measurement failed", exc_info=True)
+
+        thread = threading.Thread(target=tick, name=f"progress-{self.stage}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def summary(self, bytes_in: int, bytes_out: int) -> None:
         """The one line each stage logs when it is done."""
