@@ -14,6 +14,18 @@ from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 from tests.integration.conftest import objects, task_states, xcoms
 
 
+def asset_events(dag_run):
+    """Extras of the asset events the run emitted."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(AssetEvent).filter(
+            AssetEvent.source_dag_id == dag_run.dag_id, AssetEvent.source_run_id == dag_run.run_id
+        )
+        return [dict(row.extra) for row in rows]
+
+
 def _only_set(store):
     found = objects(store)
     manifest_key = next(k for k in found if k.endswith(layout.MANIFEST_OBJECT))
@@ -40,8 +52,12 @@ def test_full_pipeline_file_storage(harness_factory):
     store = h.storage()
     found, prefix, manifest = _only_set(store)
     assert sorted(k.rsplit("/", 1)[1] for k in found) == sorted(
-        [layout.DATA_OBJECT, layout.TABLES_OBJECT, layout.MANIFEST_OBJECT,
-         layout.VERIFICATION_OBJECT]
+        [
+            layout.DATA_OBJECT,
+            layout.TABLES_OBJECT,
+            layout.MANIFEST_OBJECT,
+            layout.VERIFICATION_OBJECT,
+        ]
     )
     assert prefix == layout.set_prefix(h.name, manifest.backup_id)
     assert prefix.startswith(f"{h.name}/{manifest.taken_at[:4]}/")
@@ -49,12 +65,22 @@ def test_full_pipeline_file_storage(harness_factory):
     assert verification.status == "verified" and verification.mismatches == 0
     # 8 relations + large objects; rows of the rich schema, all checked
     assert verification.relations_checked == 9
-    assert verification.rows_checked == sum(v for v in _source_counts(h.source_db).values() if v > 0)
-    assert manifest.kind == "scheduled" and manifest.data.bytes == found[prefix + layout.DATA_OBJECT]
+    assert verification.rows_checked == sum(
+        v for v in _source_counts(h.source_db).values() if v > 0
+    )
+    assert (
+        manifest.kind == "scheduled" and manifest.data.bytes == found[prefix + layout.DATA_OBJECT]
+    )
     # teardowns: scratch database gone, staging cleared after success
-    assert psql(f"SELECT count(*) FROM pg_database WHERE datname LIKE 'pgb_verify_{h.name}%'") == "0"
+    assert (
+        psql(f"SELECT count(*) FROM pg_database WHERE datname LIKE 'pgb_verify_{h.name}%'") == "0"
+    )
     assert not [p for p in h.staging_dir.rglob("*") if p.is_file()]
-    # the asset event carries the backup's identity
+    # the asset event carries the backup's identity: the Assets view is the backup history
+    (event,) = asset_events(run)
+    assert event["backup_id"] == manifest.backup_id
+    assert event["verification"] == "verified"
+    assert event["bytes"] == manifest.data.bytes
     values = xcoms(run)
     assert values["verify_counts"]["status"] == "verified"
     assert values["upload"]["data_bytes"] == manifest.data.bytes
@@ -69,7 +95,9 @@ def test_s3_set_restores_with_stock_tools(harness_factory, tmp_path, make_db):
     _, prefix, manifest = _only_set(store)
     bucket, _, base = h.storage_url[5:].partition("/")
     client = h.s3.client()
-    head = client.head_object(Bucket=bucket, Key=f"{base}/{manifest.data.key}", ChecksumMode="ENABLED")
+    head = client.head_object(
+        Bucket=bucket, Key=f"{base}/{manifest.data.key}", ChecksumMode="ENABLED"
+    )
     assert head["ContentLength"] == manifest.data.bytes
     data = tmp_path / "db.dump.zst.age"
     tables = tmp_path / "tables.json.age"
@@ -77,16 +105,28 @@ def test_s3_set_restores_with_stock_tools(harness_factory, tmp_path, make_db):
     client.download_file(bucket, f"{base}/{manifest.tables.key}", str(tables))
     key = str(h.age.identity_file)
     dump = tmp_path / "db.dump"
-    subprocess.run(
-        f"age -d -i {key} {data} | zstd -d -q -o {dump}", shell=True, check=True
-    )
+    subprocess.run(f"age -d -i {key} {data} | zstd -d -q -o {dump}", shell=True, check=True)
     listing = json.loads(
-        subprocess.run(["age", "-d", "-i", key, str(tables)], check=True, capture_output=True).stdout
+        subprocess.run(
+            ["age", "-d", "-i", key, str(tables)], check=True, capture_output=True
+        ).stdout
     )
     fresh = make_db("pgbt_fresh")
     subprocess.run(
-        ["pg_restore", "--no-owner", "--no-privileges", "-h", PG_HOST, "-p", str(PG_PORT),
-         "-U", PG_USER, "-d", fresh, str(dump)],
+        [
+            "pg_restore",
+            "--no-owner",
+            "--no-privileges",
+            "-h",
+            PG_HOST,
+            "-p",
+            str(PG_PORT),
+            "-U",
+            PG_USER,
+            "-d",
+            fresh,
+            str(dump),
+        ],
         check=True,
     )
     expected = {c.key: c.rows for c in counts_from_json(listing)}
@@ -108,8 +148,9 @@ def test_inserts_during_dump_still_verify_exactly(harness_factory):
     def writer():
         import psycopg
 
-        with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=h.source_db,
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=h.source_db, autocommit=True
+        ) as conn:
             while not stop.is_set():
                 conn.execute('INSERT INTO public."Vote" ("userId", "candidateId") VALUES (1, 1)')
                 conn.execute(
