@@ -4,7 +4,7 @@
 # `airflow.sh all`, which starts the same components as children in one process group.
 #
 #   airflow.sh init           migrate the metadata DB, make sure the UI login exists
-#   airflow.sh scheduler | dag-processor | triggerer | api-server
+#   airflow.sh scheduler | dag-processor | triggerer | api-server | celery-worker
 #   airflow.sh all            init, then every component; Ctrl-C / TERM stops all of them
 #
 # Connections come from AIRFLOW_CONN_* variables (or a secrets backend), never from arguments.
@@ -44,7 +44,9 @@ component() {
     dag-processor) exec "$AIRFLOW_BIN" dag-processor ;;
     triggerer) exec "$AIRFLOW_BIN" triggerer ;;
     api-server) exec "$AIRFLOW_BIN" api-server --host "$API_HOST" --port "$API_PORT" ;;
-    *) echo "unknown component: $1 (scheduler, dag-processor, triggerer, api-server)" >&2; exit 2 ;;
+    # Only with CeleryExecutor: one per worker host, sharing the staging volume.
+    celery-worker) exec "$AIRFLOW_BIN" celery worker ;;
+    *) echo "unknown component: $1 (scheduler, dag-processor, triggerer, api-server, celery-worker)" >&2; exit 2 ;;
   esac
 }
 
@@ -82,6 +84,6 @@ all() {
 case "${1:-}" in
   init) init ;;
   all) all ;;
-  scheduler|dag-processor|triggerer|api-server) component "$1" ;;
-  *) echo "usage: $0 init|all|scheduler|dag-processor|triggerer|api-server" >&2; exit 2 ;;
+  scheduler|dag-processor|triggerer|api-server|celery-worker) component "$1" ;;
+  *) echo "usage: $0 init|all|scheduler|dag-processor|triggerer|api-server|celery-worker" >&2; exit 2 ;;
 esac
