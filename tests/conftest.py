@@ -86,8 +86,23 @@ def pg_conn_json(dbname: str, **extra: Any) -> str:
 def psql(sql: str, dbname: str = "postgres") -> str:
     """Run SQL through psql on the test server and return its output."""
     out = subprocess.run(
-        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER,
-         "-d", dbname, "-Atq", "-c", sql],
+        [
+            "psql",
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            PG_HOST,
+            "-p",
+            str(PG_PORT),
+            "-U",
+            PG_USER,
+            "-d",
+            dbname,
+            "-Atq",
+            "-c",
+            sql,
+        ],
         capture_output=True,
         text=True,
     )
@@ -230,8 +245,13 @@ def smtp_sink() -> Iterator[MailSink]:
             "conn_type": "smtp",
             "host": "127.0.0.1",
             "port": port,
-            "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "pgb@test.invalid",
-                      "retry_limit": 0, "timeout": 10},
+            "extra": {
+                "disable_tls": True,
+                "disable_ssl": True,
+                "from_email": "pgb@test.invalid",
+                "retry_limit": 0,
+                "timeout": 10,
+            },
         }
     )
     yield sink

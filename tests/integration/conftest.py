@@ -6,7 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,9 @@ class Harness:
     mail: MailSink | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     _clock: datetime = field(
-        default_factory=lambda: datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
-        + timedelta(minutes=uuid.uuid4().int % 100000)
+        default_factory=lambda: (
+            datetime(2026, 1, 1, 2, 0, tzinfo=UTC) + timedelta(minutes=uuid.uuid4().int % 100000)
+        )
     )
 
     def config_doc(self) -> dict[str, Any]:
@@ -113,8 +114,11 @@ class Harness:
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -132,9 +136,11 @@ def xcoms(dag_run: Any) -> dict[str, Any]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = session.query(XComModel).filter(
-            XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id
-        ).all()
+        rows = (
+            session.query(XComModel)
+            .filter(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id)
+            .all()
+        )
         return {row.task_id: row.value for row in rows if row.key == "return_value"}
 
 
@@ -150,8 +156,13 @@ def scratch_conn(pg_server: None) -> None:
 
 @pytest.fixture
 def harness_factory(
-    make_db: Any, age_keys: AgeKeys, airflow_db: Path, tmp_path: Path, scratch_conn: None,
-    s3_server: S3Server, smtp_sink: MailSink,
+    make_db: Any,
+    age_keys: AgeKeys,
+    airflow_db: Path,
+    tmp_path: Path,
+    scratch_conn: None,
+    s3_server: S3Server,
+    smtp_sink: MailSink,
 ) -> Iterator[Any]:
     """Build harnesses: a fresh source database each, file:// or s3:// storage."""
     made: list[Harness] = []
@@ -187,4 +198,3 @@ def harness_factory(
             f"{harness.name}\\_%'"
         ).splitlines():
             psql(f'DROP DATABASE IF EXISTS "{row}" WITH (FORCE)')
-

@@ -44,12 +44,24 @@ class FakeSet:
 
     def backup_set(self) -> BackupSet:
         """What the planner is given for this set (built from what was written, not listed)."""
-        return BackupSet(self.backup_id, self.taken_at, self.kind, self.status,  # type: ignore[arg-type]
-                         self.keep_days)
+        return BackupSet(
+            self.backup_id,
+            self.taken_at,
+            self.kind,
+            self.status,  # type: ignore[arg-type]
+            self.keep_days,
+        )
 
 
-def write_set(put: Put, target: str, taken_at: datetime, *, kind: str = "scheduled",
-              status: str = "verified", keep_days: int | None = None) -> FakeSet:
+def write_set(
+    put: Put,
+    target: str,
+    taken_at: datetime,
+    *,
+    kind: str = "scheduled",
+    status: str = "verified",
+    keep_days: int | None = None,
+) -> FakeSet:
     """Write one set in the pipeline's order (data, tables, manifest, verification).
 
     status: verified / failed (both with verification.json), unverified (no verification:
@@ -63,7 +75,9 @@ def write_set(put: Put, target: str, taken_at: datetime, *, kind: str = "schedul
     def store(name: str, data: bytes) -> ObjectEntry:
         put(prefix + name, data)
         fake.keys.append(prefix + name)
-        return ObjectEntry(key=prefix + name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        return ObjectEntry(
+            key=prefix + name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+        )
 
     data = store(layout.DATA_OBJECT, os.urandom(64 + taken_at.day))
     if status == "incomplete":
@@ -87,7 +101,8 @@ def write_set(put: Put, target: str, taken_at: datetime, *, kind: str = "schedul
         data=data,
         tables=tables,
         emergency=Emergency(reason="before the migration", keep_days=keep_days)
-        if kind == "emergency" and keep_days else None,
+        if kind == "emergency" and keep_days
+        else None,
     )
     store(layout.MANIFEST_OBJECT, manifest.to_bytes())
     if status in ("verified", "failed"):

@@ -34,7 +34,10 @@ def cli(h, *args):
     """Run the installed console script the way an operator would."""
     env = dict(os.environ, PG_BACKUP_CONFIG=str(h.config_path))
     return subprocess.run(
-        [sys.executable, "-m", "pg_backup.cli", *args], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "pg_backup.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=300,
     )
 
@@ -63,19 +66,38 @@ def test_list_verify_restore(backed_up, make_db):
 
     into = f"restored_{backup[-30:].lower()}"
     try:
-        done = cli(h, "restore", h.name, backup, "--into",
-                   f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={into}")
+        done = cli(
+            h,
+            "restore",
+            h.name,
+            backup,
+            "--into",
+            f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={into}",
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "rows exactly as in the snapshot" in done.stdout
         assert counts(into) == counts(h.source_db)
         # a second restore into the now non-empty database is refused without --force
-        again = cli(h, "restore", h.name, backup, "--into",
-                    f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={into}")
+        again = cli(
+            h,
+            "restore",
+            h.name,
+            backup,
+            "--into",
+            f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={into}",
+        )
         assert again.returncode == 2
         assert "exists and holds" in again.stderr and "--force" in again.stderr
         assert counts(into) == counts(h.source_db)
-        forced = cli(h, "restore", h.name, backup, "--force", "--into",
-                     f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={into}")
+        forced = cli(
+            h,
+            "restore",
+            h.name,
+            backup,
+            "--force",
+            "--into",
+            f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={into}",
+        )
         assert forced.returncode == 0, forced.stdout + forced.stderr
     finally:
         psql(f'DROP DATABASE IF EXISTS "{into}" WITH (FORCE)')
@@ -114,8 +136,13 @@ def test_readme_stock_tools_recipe_restores(backed_up, tmp_path):
     psql('DROP DATABASE IF EXISTS "restored_voting" WITH (FORCE)')
     env = dict(os.environ, PGHOST=PG_HOST, PGPORT=str(PG_PORT), PGUSER=PG_USER)
     try:
-        subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                       check=True, timeout=300)
+        subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            timeout=300,
+        )
         assert counts("restored_voting") == counts(h.source_db)
     finally:
         psql('DROP DATABASE IF EXISTS "restored_voting" WITH (FORCE)')

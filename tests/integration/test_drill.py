@@ -13,12 +13,16 @@ from tests.conftest import psql
 from tests.integration.conftest import task_states
 
 CHECKS = [
-    {"name": "every vote has its user and candidate",
-     "sql": 'SELECT v.id FROM public."Vote" v LEFT JOIN public."User" u ON u.id = v."userId" '
-            'LEFT JOIN public."Candidate" c ON c.id = v."candidateId" '
-            "WHERE u.id IS NULL OR c.id IS NULL"},
-    {"name": "audit log not empty",
-     "sql": 'SELECT EXISTS (SELECT 1 FROM "Élection Data"."Audit Log")'},
+    {
+        "name": "every vote has its user and candidate",
+        "sql": 'SELECT v.id FROM public."Vote" v LEFT JOIN public."User" u ON u.id = v."userId" '
+        'LEFT JOIN public."Candidate" c ON c.id = v."candidateId" '
+        "WHERE u.id IS NULL OR c.id IS NULL",
+    },
+    {
+        "name": "audit log not empty",
+        "sql": 'SELECT EXISTS (SELECT 1 FROM "Élection Data"."Audit Log")',
+    },
 ]
 
 
@@ -132,8 +136,10 @@ def test_wrong_identity_names_the_recipients(harness_factory, identity_conn):
 
 def test_failing_invariant_is_named(harness_factory, identity_conn):
     """An invariant check that returns rows fails the drill and the mail names the check."""
-    bad = {"name": "no candidate named cand 3", "sql":
-           "SELECT id FROM public.\"Candidate\" WHERE \"Name\" = 'cand 3'"}
+    bad = {
+        "name": "no candidate named cand 3",
+        "sql": 'SELECT id FROM public."Candidate" WHERE "Name" = \'cand 3\'',
+    }
     h = _one_backup(harness_factory, identity_conn, drill={"checks": [CHECKS[1], bad]})
     run = _drill(h)
     assert task_states(run)["report"] == "failed"

@@ -35,11 +35,23 @@ STAGES = ["dump", "compress", "encrypt", "upload", "create_scratch_db", "restore
 # --- helpers ------------------------------------------------------------------------------
 
 
-def conn_json(dbname: str, *, host: str = PG_HOST, port: int = PG_PORT, login: str = PG_USER,
-              password: str | None = None) -> str:
+def conn_json(
+    dbname: str,
+    *,
+    host: str = PG_HOST,
+    port: int = PG_PORT,
+    login: str = PG_USER,
+    password: str | None = None,
+) -> str:
     """An Airflow postgres connection in JSON form (the harness's pg_conn_json, with knobs)."""
-    doc: dict[str, Any] = {"conn_type": "postgres", "host": host, "port": port, "login": login,
-                           "schema": dbname, "extra": {}}
+    doc: dict[str, Any] = {
+        "conn_type": "postgres",
+        "host": host,
+        "port": port,
+        "login": login,
+        "schema": dbname,
+        "extra": {},
+    }
     if password is not None:
         doc["password"] = password
     return json.dumps(doc)
@@ -48,11 +60,11 @@ def conn_json(dbname: str, *, host: str = PG_HOST, port: int = PG_PORT, login: s
 def storage_keys(h: Harness) -> list[str]:
     """Every key in the harness's storage, in-flight ``.part`` files included."""
     if h.storage_url.startswith("file://"):
-        root = Path(h.storage_url[len("file://"):])
+        root = Path(h.storage_url[len("file://") :])
         if not root.exists():
             return []
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    bucket = h.storage_url[len("s3://"):].split("/", 1)[0]
+    bucket = h.storage_url[len("s3://") :].split("/", 1)[0]
     assert h.s3 is not None
     pages = h.s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
@@ -65,10 +77,7 @@ def set_keys(h: Harness) -> list[str]:
 
 def verify_dbs(h: Harness) -> list[str]:
     """Scratch databases of this harness's target still on the server."""
-    out = psql(
-        "SELECT datname FROM pg_database WHERE datname LIKE "
-        f"'pgb\\_verify\\_{h.name}\\_%'"
-    )
+    out = psql(f"SELECT datname FROM pg_database WHERE datname LIKE 'pgb\\_verify\\_{h.name}\\_%'")
     return out.splitlines() if out else []
 
 
@@ -113,9 +122,7 @@ def row_counts(db: str) -> dict[str, int]:
 
 def make_run(h: Harness, kind: str = "scheduled") -> layout.RunInfo:
     """A RunInfo as the DAG would derive it, for driving stage functions directly."""
-    when = datetime(2026, 3, 1, 2, 0, tzinfo=UTC) + timedelta(
-        minutes=uuid.uuid4().int % 10000
-    )
+    when = datetime(2026, 3, 1, 2, 0, tzinfo=UTC) + timedelta(minutes=uuid.uuid4().int % 10000)
     backup = layout.backup_id(h.name, when, kind)  # type: ignore[arg-type]
     return layout.RunInfo(
         target=h.name,
@@ -140,13 +147,17 @@ def stage_until_encrypted(cfg: Any, run: layout.RunInfo) -> tuple[Any, Any, Any]
     )
     recipients = list(cfg.encryption.recipients)
     data = encrypt_file(
-        run.staging_path / layout.COMPRESSED_FILE, compressed,
-        run.staging_path / layout.ENCRYPTED_FILE, recipients,
+        run.staging_path / layout.COMPRESSED_FILE,
+        compressed,
+        run.staging_path / layout.ENCRYPTED_FILE,
+        recipients,
         part_size=cfg.storage.multipart_chunksize,
     )
     tables = encrypt_file(
-        run.staging_path / layout.TABLES_FILE, dumped.tables,
-        run.staging_path / layout.ENCRYPTED_TABLES_FILE, recipients,
+        run.staging_path / layout.TABLES_FILE,
+        dumped.tables,
+        run.staging_path / layout.ENCRYPTED_TABLES_FILE,
+        recipients,
     )
     return dumped, data, tables
 
@@ -211,7 +222,7 @@ def test_scratch_equal_to_source_fails_preflight_source_untouched(harness_factor
     """A scratch connection naming the source database fails preflight; source untouched."""
     h = harness_factory("file", schema=SMALL_SCHEMA)
     before = row_counts(h.source_db)
-    assert before == {"public.\"Vote\"": 400, "public.audit": 150}
+    assert before == {'public."Vote"': 400, "public.audit": 150}
     scratch_id = f"pgb_scratch_{h.name}"
     os.environ[f"AIRFLOW_CONN_{scratch_id.upper()}"] = conn_json(h.source_db, host="localhost")
     h.write_config(scratch_conn_id=scratch_id)
@@ -268,8 +279,12 @@ def test_changed_staged_file_is_refused_by_next_stage(harness_factory):
     compressed = compress_file(dump_path, dumped.dump, staging / layout.COMPRESSED_FILE)
     changed_sha = flip_byte(staging / layout.COMPRESSED_FILE, offset=100)
     with pytest.raises(StagedFileError) as err:
-        encrypt_file(staging / layout.COMPRESSED_FILE, compressed,
-                     staging / layout.ENCRYPTED_FILE, list(cfg.encryption.recipients))
+        encrypt_file(
+            staging / layout.COMPRESSED_FILE,
+            compressed,
+            staging / layout.ENCRYPTED_FILE,
+            list(cfg.encryption.recipients),
+        )
     assert compressed.sha256 in str(err.value)
     assert changed_sha in str(err.value)
     assert not (staging / layout.ENCRYPTED_FILE).exists()
@@ -277,10 +292,15 @@ def test_changed_staged_file_is_refused_by_next_stage(harness_factory):
     # And the upload refuses a changed encrypted file: no data object, no manifest.
     flip_byte(staging / layout.COMPRESSED_FILE, offset=100)
     recipients = list(cfg.encryption.recipients)
-    data = encrypt_file(staging / layout.COMPRESSED_FILE, compressed,
-                        staging / layout.ENCRYPTED_FILE, recipients)
-    tables = encrypt_file(staging / layout.TABLES_FILE, dumped.tables,
-                          staging / layout.ENCRYPTED_TABLES_FILE, recipients)
+    data = encrypt_file(
+        staging / layout.COMPRESSED_FILE, compressed, staging / layout.ENCRYPTED_FILE, recipients
+    )
+    tables = encrypt_file(
+        staging / layout.TABLES_FILE,
+        dumped.tables,
+        staging / layout.ENCRYPTED_TABLES_FILE,
+        recipients,
+    )
     changed_sha = flip_byte(staging / layout.ENCRYPTED_FILE)
     with pytest.raises(StagedFileError, match=re.escape(changed_sha)):
         upload_set(cfg, run, dumped, data, tables)
@@ -306,8 +326,11 @@ def test_restore_into_conflicting_database_fails_with_pg_restore_messages(harnes
     psql('CREATE TABLE public."Vote" (id text, weight numeric, note text)', target)
 
     with pytest.raises(ToolFailed) as err:
-        restore_dump(endpoint(cfg.scratch_conn_id).with_db(target),
-                     str(run.staging_path / dumped.dump.name), jobs=2)
+        restore_dump(
+            endpoint(cfg.scratch_conn_id).with_db(target),
+            str(run.staging_path / dumped.dump.name),
+            jobs=2,
+        )
     message = str(err.value)
     assert err.value.tool == "pg_restore"
     assert err.value.returncode != 0
@@ -348,10 +371,10 @@ def test_restore_task_fails_on_pg_restore_error_and_leaves_no_scratch_db(
         run = h.run()
 
         states = task_states(run)
-        before_restore = ["preflight", "dump", "compress", "encrypt", "upload",
-                          "create_scratch_db"]
-        assert {t: states[t] for t in before_restore} == dict.fromkeys(
-            before_restore, "success"), states
+        before_restore = ["preflight", "dump", "compress", "encrypt", "upload", "create_scratch_db"]
+        assert {t: states[t] for t in before_restore} == dict.fromkeys(before_restore, "success"), (
+            states
+        )
         assert states["restore"] == "failed", states
         assert states["verify_counts"] == "upstream_failed", states
         assert states["drop_scratch_db"] == "success", states  # the teardown still ran
@@ -440,8 +463,7 @@ def test_upload_interrupted_before_manifest_leaves_no_manifest(harness_factory, 
     # A retried upload rewrites the same set (same keys, no twin) and completes it.
     upload_set(cfg, run, dumped, data, tables)
     assert set_keys(h) == sorted(
-        prefix + name
-        for name in (layout.DATA_OBJECT, layout.TABLES_OBJECT, layout.MANIFEST_OBJECT)
+        prefix + name for name in (layout.DATA_OBJECT, layout.TABLES_OBJECT, layout.MANIFEST_OBJECT)
     )
 
 
@@ -501,8 +523,10 @@ def test_failed_run_sends_one_failure_email_after_last_retry(harness_factory, sm
     assert f"{dag_id}.preflight" in subject
     assert run.run_id in subject
     assert mail["X-Envelope-To"] == "dba@test.invalid"
-    body = mail.get_payload(decode=True) if not mail.is_multipart() else b"".join(
-        part.get_payload(decode=True) or b"" for part in mail.walk()
+    body = (
+        mail.get_payload(decode=True)
+        if not mail.is_multipart()
+        else b"".join(part.get_payload(decode=True) or b"" for part in mail.walk())
     )
     text = body.decode("utf-8", "replace")
     assert "try 3" in text, text  # sent after the last retry, not on the first failure
@@ -514,6 +538,8 @@ def test_failed_run_sends_one_failure_email_after_last_retry(harness_factory, sm
     run = h.run()
     subjects = sorted(str(m["Subject"]) for m in smtp_sink.messages)
     assert [s.split(":")[0] for s in subjects] == [
-        "[pg-backup] FAILED", "[pg-backup] retrying", "[pg-backup] retrying"
+        "[pg-backup] FAILED",
+        "[pg-backup] retrying",
+        "[pg-backup] retrying",
     ], subjects
     assert_nothing_partial(h)

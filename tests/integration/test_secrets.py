@@ -37,8 +37,9 @@ def admin_connect(dbname: str = "postgres", autocommit: bool = True) -> Any:
     """A superuser connection of the test harness (not the secret role)."""
     import psycopg
 
-    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname,
-                           autocommit=autocommit)
+    return psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, autocommit=autocommit
+    )
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,17 @@ class SecretRole:
     password: str
 
     def conn_json(self, dbname: str) -> str:
-        return json.dumps({
-            "conn_type": "postgres", "host": PG_HOST, "port": PG_PORT, "login": self.name,
-            "password": self.password, "schema": dbname, "extra": {},
-        })
+        return json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": PG_HOST,
+                "port": PG_PORT,
+                "login": self.name,
+                "password": self.password,
+                "schema": dbname,
+                "extra": {},
+            }
+        )
 
 
 @pytest.fixture
@@ -62,21 +70,32 @@ def secret_role(pg_server: None) -> Iterator[SecretRole]:
 
     role = SecretRole(f"pgb_secret_{uuid.uuid4().hex[:8]}", "Pw" + secrets.token_urlsafe(24))
     with admin_connect() as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-            sql.Identifier(role.name), sql.Literal(role.password)))
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                sql.Identifier(role.name), sql.Literal(role.password)
+            )
+        )
     yield role
     with admin_connect() as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                     (role.name,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+            (role.name,),
+        )
         for (db,) in conn.execute(
             "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
-            "WHERE r.rolname = %s", (role.name,)
+            "WHERE r.rolname = %s",
+            (role.name,),
         ).fetchall():
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(db)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+            )
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role.name)))
-        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s",
-                            (role.name,)).fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role.name,)
+            ).fetchone()[0]
+            == 0
+        )
 
 
 def use_secret_role(h: Harness, role: SecretRole, scratch_too: bool = False) -> Any:
@@ -126,7 +145,8 @@ class ChildWatcher:
             argv = raw.split(b"\0")
             try:
                 environ: list[bytes] | None = (
-                    Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0"))
+                    Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+                )
             except PermissionError:
                 environ = None
         except (psutil.Error, FileNotFoundError, ProcessLookupError):
@@ -144,9 +164,7 @@ class ChildWatcher:
                 children = []
             for proc in children:
                 self._record(proc)
-            if self.release and not self.released and (
-                self.dumps() or time.monotonic() > deadline
-            ):
+            if self.release and not self.released and (self.dumps() or time.monotonic() > deadline):
                 self.released = True
                 self.release()
             time.sleep(0.002)
@@ -166,9 +184,13 @@ class ChildWatcher:
 
     def _real(self, name: str, marker: bytes) -> list[Seen]:
         # The binary itself (argv[0] is the program, not the wrapper's perl) doing the work.
-        return [s for s in self.seen.values()
-                if s.name == name and Path(s.argv[0].decode()).name == name
-                and any(a.startswith(marker) for a in s.argv)]
+        return [
+            s
+            for s in self.seen.values()
+            if s.name == name
+            and Path(s.argv[0].decode()).name == name
+            and any(a.startswith(marker) for a in s.argv)
+        ]
 
     def dumps(self) -> list[Seen]:
         """pg_dump processes that were dumping (not the ``--version`` probe)."""
@@ -195,13 +217,17 @@ def hold_probe(db: str) -> Any:
 
 def make_run(h: Harness) -> layout.RunInfo:
     """A RunInfo as the DAG would derive it, for calling the dump stage directly."""
-    when = datetime(2026, 4, 1, 2, 0, tzinfo=UTC) + timedelta(
-        minutes=uuid.uuid4().int % 10000)
+    when = datetime(2026, 4, 1, 2, 0, tzinfo=UTC) + timedelta(minutes=uuid.uuid4().int % 10000)
     backup = layout.backup_id(h.name, when, "scheduled")
-    return layout.RunInfo(target=h.name, kind="scheduled", backup_id=backup,
-                          taken_at=when.isoformat(), dag_id=f"pg_backup_{h.name}",
-                          run_id=f"manual__{when.isoformat()}",
-                          staging=str(h.staging_dir / h.name / backup))
+    return layout.RunInfo(
+        target=h.name,
+        kind="scheduled",
+        backup_id=backup,
+        taken_at=when.isoformat(),
+        dag_id=f"pg_backup_{h.name}",
+        run_id=f"manual__{when.isoformat()}",
+        staging=str(h.staging_dir / h.name / backup),
+    )
 
 
 def assert_env_carries_password(seen: Seen, role: SecretRole) -> None:
@@ -219,8 +245,11 @@ def test_pg_dump_argv_holds_no_password_while_it_runs(harness_factory, secret_ro
     """While pg_dump runs its /proc cmdline holds no password; its environ has PGPASSWORD."""
     from pg_backup.dump import run_dump
 
-    h = harness_factory("file", schema="CREATE TABLE t (id serial, v text);"
-                                       "INSERT INTO t (v) SELECT 'v' FROM generate_series(1, 50);")
+    h = harness_factory(
+        "file",
+        schema="CREATE TABLE t (id serial, v text);"
+        "INSERT INTO t (v) SELECT 'v' FROM generate_series(1, 50);",
+    )
     cfg = use_secret_role(h, secret_role)
     run = make_run(h)
     release = hold_probe(h.source_db)
@@ -254,9 +283,7 @@ def test_pg_dump_argv_holds_no_password_while_it_runs(harness_factory, secret_ro
     assert_env_carries_password(dumps[-1], secret_role)
 
 
-def test_full_run_leaks_password_nowhere(
-    harness_factory, secret_role, capfd, caplog, airflow_home
-):
+def test_full_run_leaks_password_nowhere(harness_factory, secret_role, capfd, caplog, airflow_home):
     """A verified run as the secret role leaks the password to no argv, log, XCom or object."""
     h = harness_factory("file", schema=RICH_SCHEMA)
     use_secret_role(h, secret_role, scratch_too=True)

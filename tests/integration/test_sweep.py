@@ -49,7 +49,8 @@ def run_sweep(h: Harness, when: datetime = AS_OF, **conf: Any) -> Any:
 def set_keys(store: Any, target: str) -> set[str]:
     """Keys of backup sets under the target (reports and the preflight marker left out)."""
     return {
-        o.key for o in store.list(f"{target}/")
+        o.key
+        for o in store.list(f"{target}/")
         if not o.key.startswith((f"{target}/sweeps/", f"{target}/drills/", f"{target}/.preflight"))
     }
 
@@ -59,9 +60,13 @@ def expected_plan(h: Harness, sets: list[FakeSet], as_of: datetime, force: bool)
     cfg = h.write_config()
     r = cfg.retention
     policy = RetentionPolicy(
-        daily=r.daily, weekly=r.weekly, monthly=r.monthly,
-        emergency_keep_days=cfg.emergency.keep_days, grace_days=r.grace_days,
-        min_verified=r.min_verified, max_delete_fraction=r.max_delete_fraction,
+        daily=r.daily,
+        weekly=r.weekly,
+        monthly=r.monthly,
+        emergency_keep_days=cfg.emergency.keep_days,
+        grace_days=r.grace_days,
+        min_verified=r.min_verified,
+        max_delete_fraction=r.max_delete_fraction,
         timezone=r.timezone,
     )
     return plan_retention([s.backup_set() for s in sets], policy, as_of, force=force)
@@ -83,7 +88,9 @@ def logged(capfd: Any, caplog: Any) -> str:
 def half_sets(store: Any, target: str) -> list[str]:
     """Set prefixes holding a manifest but no data object: the trace of an unfinished delete."""
     keys = set_keys(store, target)
-    prefixes = {k[: -len(layout.MANIFEST_OBJECT)] for k in keys if k.endswith(layout.MANIFEST_OBJECT)}
+    prefixes = {
+        k[: -len(layout.MANIFEST_OBJECT)] for k in keys if k.endswith(layout.MANIFEST_OBJECT)
+    }
     return sorted(p for p in prefixes if p + layout.DATA_OBJECT not in keys)
 
 
@@ -110,8 +117,7 @@ def mixed_history(store: Any, target: str) -> list[FakeSet]:
         write_set(put, target, day(2, 20, 3), status="incomplete"),  # past grace: deleted
         write_set(put, target, day(2, 25, 10), kind="emergency", keep_days=30),  # kept
         write_set(put, target, day(3, 3, 10), kind="emergency", keep_days=5),  # expired
-        write_set(put, target, day(3, 14, 12), kind="emergency", status="unverified",
-                  keep_days=30),
+        write_set(put, target, day(3, 14, 12), kind="emergency", status="unverified", keep_days=30),
         write_set(put, target, AS_OF + timedelta(minutes=30)),  # newer than the run: kept
     ]
     return sets
@@ -167,8 +173,10 @@ def test_s3_sweep_refuses_big_plan_then_forced_deletes_exactly_the_plan(
     assert deleted["deleted_objects"] == len(keys_of(sets, doomed))
     assert deleted["locked"] == [] and deleted["dry_run"] is False
     # the plan's table is in the plan task's log
-    assert (f"Retention plan as of 2026-03-15 04:30:00 UTC (calendar UTC): {len(sets)} sets, "
-            f"keep {len(kept)}, delete {len(doomed)} [force]") in log
+    assert (
+        f"Retention plan as of 2026-03-15 04:30:00 UTC (calendar UTC): {len(sets)} sets, "
+        f"keep {len(kept)}, delete {len(doomed)} [force]"
+    ) in log
     newest = layout.backup_id(h.name, day(3, 15), "scheduled")
     assert any(newest in line and "newest verified" in line for line in log.splitlines())
 
@@ -203,9 +211,14 @@ class DropsNetworkAfter(S3Storage):
 
 @pytest.mark.parametrize(
     "deletes_before_outage",
-    [pytest.param(6, id="old-set-half-deleted"), pytest.param(2, id="recent-duplicate-half-deleted")],
+    [
+        pytest.param(6, id="old-set-half-deleted"),
+        pytest.param(2, id="recent-duplicate-half-deleted"),
+    ],
 )
-def test_interrupted_sweep_is_finished_by_next_run(harness_factory, s3_server, deletes_before_outage):
+def test_interrupted_sweep_is_finished_by_next_run(
+    harness_factory, s3_server, deletes_before_outage
+):
     """A sweep whose S3 endpoint vanishes mid-delete leaves half sets that the next sweep removes completely."""
     from pg_backup.sweep import delete_sets, inventory, policy_of, utcnow
 
@@ -223,8 +236,9 @@ def test_interrupted_sweep_is_finished_by_next_run(harness_factory, s3_server, d
     interrupted = order[0] if deletes_before_outage < 4 else order[1]
 
     found = inventory(store, h.name)
-    plan = plan_retention([s.to_backup_set() for s in found.sets], policy_of(cfg), AS_OF,
-                          force=True)
+    plan = plan_retention(
+        [s.to_backup_set() for s in found.sets], policy_of(cfg), AS_OF, force=True
+    )
     assert [b.backup_id for b in plan.delete] == order
     flaky = DropsNetworkAfter(store, s3_server, deletes_before_outage)
     try:
@@ -260,8 +274,13 @@ def test_object_locked_set_is_kept_and_reported(harness_factory, s3_server):
     until = datetime.now(UTC) + timedelta(days=2)
 
     def put_locked(key: str, data: bytes) -> None:
-        client.put_object(Bucket=bucket, Key=f"backups/{key}", Body=data,
-                          ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=until)
+        client.put_object(
+            Bucket=bucket,
+            Key=f"backups/{key}",
+            Body=data,
+            ObjectLockMode="GOVERNANCE",
+            ObjectLockRetainUntilDate=until,
+        )
 
     sets = daily_history(store.put_bytes, h.name, day(3, 15), 24)  # 2026-02-20 .. 03-15
     locked = write_set(put_locked, h.name, day(2, 1))
@@ -337,8 +356,12 @@ def test_dry_run_deletes_nothing_but_reports_what_would_go(harness_factory, capf
     assert set(task_states(run).values()) == {"success"}, task_states(run)
     assert set_keys(store, h.name) == before
     values = xcoms(run)
-    assert values["delete"] == {"deleted_sets": [], "deleted_objects": 0, "locked": [],
-                                "dry_run": True}
+    assert values["delete"] == {
+        "deleted_sets": [],
+        "deleted_objects": 0,
+        "locked": [],
+        "dry_run": True,
+    }
     report = json.loads(store.get_bytes(values["report"]))
     assert report["delete"]["dry_run"] is True
     assert {s["backup_id"] for s in report["plan"]["sets"] if not s["keep"]} == would_go
@@ -375,8 +398,9 @@ def test_freshness_alert_mails_once_and_only_when_stale(harness_factory, smtp_si
     smtp_sink.clear()
     run = run_sweep(h, AS_OF + timedelta(minutes=1))
     assert set(task_states(run).values()) == {"success"}, task_states(run)
-    assert layout.backup_id(h.name, AS_OF - timedelta(hours=2), "scheduled") in (
-        xcoms(run)["check_freshness"]
+    assert (
+        layout.backup_id(h.name, AS_OF - timedelta(hours=2), "scheduled")
+        in (xcoms(run)["check_freshness"])
     )
     assert mail_subjects(smtp_sink) == []
 
@@ -393,13 +417,22 @@ def test_file_sweep_keeps_real_verified_set_and_prunes_empty_dirs(harness_factor
     (manifest_key,) = [k for k in set_keys(store, h.name) if k.endswith(layout.MANIFEST_OBJECT)]
     real = Manifest.from_bytes(store.get_bytes(manifest_key))
     real_at = datetime.fromisoformat(real.taken_at)
-    real_set = FakeSet(real.backup_id, layout.set_prefix(h.name, real.backup_id), real_at,
-                       "scheduled", "verified", None,
-                       sorted(k for k in set_keys(store, h.name) if real.backup_id in k))
+    real_set = FakeSet(
+        real.backup_id,
+        layout.set_prefix(h.name, real.backup_id),
+        real_at,
+        "scheduled",
+        "verified",
+        None,
+        sorted(k for k in set_keys(store, h.name) if real.backup_id in k),
+    )
     sets = [real_set]
     sets += [write_set(store.put_bytes, h.name, real_at - timedelta(days=i)) for i in range(1, 31)]
-    sets.append(write_set(store.put_bytes, h.name, real_at - timedelta(days=9, hours=5),
-                          status="incomplete"))
+    sets.append(
+        write_set(
+            store.put_bytes, h.name, real_at - timedelta(days=9, hours=5), status="incomplete"
+        )
+    )
     as_of = real_at + timedelta(hours=1)
     expected = expected_plan(h, sets, as_of, force=True)
     doomed = {b.backup_id for b in expected.delete}
@@ -411,7 +444,7 @@ def test_file_sweep_keeps_real_verified_set_and_prunes_empty_dirs(harness_factor
     assert found[real.backup_id] == "verified"
     assert set_keys(store, h.name) == keys_of(sets, {b.backup_id for b in expected.keep})
     assert sorted(xcoms(run)["delete"]["deleted_sets"]) == sorted(doomed)
-    root = Path(h.storage_url[len("file://"):])
+    root = Path(h.storage_url[len("file://") :])
     empty = [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())]
     assert empty == []
     for backup in doomed:
