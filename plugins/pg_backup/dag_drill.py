@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
-from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from pg_backup.config import TargetConfig
-from pg_backup.dag_factory import START_DATE, default_args
+from pg_backup.dag_factory import dag_settings
 
 DOC = """
 ### Weekly restore drill of `{target}`
@@ -47,12 +46,7 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
     drill = cfg.drill
     with DAG(
         dag_id=f"pg_restore_drill_{cfg.name}",
-        schedule=CronTriggerTimetable(drill.schedule, timezone="UTC"),
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        tags=["pg_backup", cfg.name, "drill", *cfg.tags],
-        default_args=default_args(cfg),
+        **dag_settings(cfg, "drill", drill.schedule),
         params={
             "backup_id": Param(
                 None,

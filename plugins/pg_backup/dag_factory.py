@@ -138,6 +138,20 @@ def default_args(cfg: TargetConfig) -> dict[str, Any]:
     return args
 
 
+def dag_settings(cfg: TargetConfig, tag: str, cron: str | None) -> dict[str, Any]:
+    """What every DAG of a target shares: UTC cron, no backfill, one run at a time, tags."""
+    return {
+        # The config's cron is UTC whatever Airflow's default_timezone says.
+        "schedule": CronTriggerTimetable(cron, timezone="UTC") if cron else None,
+        # A fixed past start with catchup off: the first run is the latest interval, no backfill.
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "tags": ["pg_backup", cfg.name, tag, *cfg.tags],
+        "default_args": default_args(cfg),
+    }
+
+
 def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
     """``pg_backup_<target>`` (scheduled) or ``pg_backup_emergency_<target>`` (manual)."""
     emergency = kind == "emergency"
@@ -153,14 +167,7 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
     with BackupDAG(
         dag_id=dag_id,
-        # The config's cron is UTC whatever Airflow's default_timezone says.
-        schedule=None if emergency else CronTriggerTimetable(cfg.schedule, timezone="UTC"),
-        # A fixed past start with catchup off: the first run is the latest interval, no backfill.
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        tags=["pg_backup", cfg.name, kind, *cfg.tags],
-        default_args=default_args(cfg),
+        **dag_settings(cfg, kind, None if emergency else cfg.schedule),
         params=emergency_params(cfg) if emergency else {},
         doc_md=(DOC_EMERGENCY if emergency else DOC_BACKUP).format(
             target=cfg.name,

@@ -6,10 +6,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
-from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from pg_backup.config import TargetConfig
-from pg_backup.dag_factory import START_DATE, default_args
+from pg_backup.dag_factory import dag_settings
 
 DOC = """
 ### Retention sweep of `{target}`
@@ -66,15 +65,9 @@ def freshness_callback(cfg: TargetConfig) -> Any:
 def build_sweep_dag(cfg: TargetConfig) -> DAG:
     """``pg_retention_sweep_<target>``."""
     r = cfg.retention
-    args = default_args(cfg)
     with DAG(
         dag_id=f"pg_retention_sweep_{cfg.name}",
-        schedule=CronTriggerTimetable(r.schedule, timezone="UTC"),
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        tags=["pg_backup", cfg.name, "retention", *cfg.tags],
-        default_args=args,
+        **dag_settings(cfg, "retention", r.schedule),
         params={
             "dry_run": Param(
                 False,

@@ -16,8 +16,9 @@ import pytest
 
 from pg_backup import layout
 from pg_backup.manifest import Manifest
-from pg_backup.retention import Plan, RetentionPolicy, plan_retention
+from pg_backup.retention import Plan, plan_retention
 from pg_backup.storage import S3Storage, StorageError
+from pg_backup.sweep import policy_of
 from tests.integration.conftest import Harness, task_states, xcoms
 from tests.integration.fake_sets import FakeSet, daily_history, write_set
 
@@ -58,17 +59,7 @@ def set_keys(store: Any, target: str) -> set[str]:
 def expected_plan(h: Harness, sets: list[FakeSet], as_of: datetime, force: bool) -> Plan:
     """The planner run by the test itself on the sets it wrote, with the configured policy."""
     cfg = h.write_config()
-    r = cfg.retention
-    policy = RetentionPolicy(
-        daily=r.daily,
-        weekly=r.weekly,
-        monthly=r.monthly,
-        emergency_keep_days=cfg.emergency.keep_days,
-        grace_days=r.grace_days,
-        min_verified=r.min_verified,
-        max_delete_fraction=r.max_delete_fraction,
-        timezone=r.timezone,
-    )
+    policy = policy_of(cfg)
     return plan_retention([s.backup_set() for s in sets], policy, as_of, force=force)
 
 
