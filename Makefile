@@ -6,7 +6,7 @@ PGHOST ?= 127.0.0.1
 PGPORT ?= 5432
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint airflow bench constraints tools pg-up install clean
+.PHONY: demo test lint airflow bench bench-data constraints tools pg-up install clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,10 @@ pg-up:
 demo: install tools pg-up
 	$(BIN)/python -m pg_backup.demo
 
+# Integration tests mostly wait on Airflow and PostgreSQL, so 3 workers help even on 2 cores;
+# --dist loadfile keeps each file (and the e2e Airflow stack) on one worker.
 test: install tools pg-up
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check plugins tests dags
@@ -57,3 +59,17 @@ clean:
 # Scheduler, dag-processor, triggerer and api-server on the demo config (Ctrl-C stops them all).
 airflow: install tools pg-up
 	$(BIN)/python -m pg_backup.demo airflow
+
+# Benchmarks (not part of `make test`): the voting database of about SIZE, then every scenario
+# REPEAT times side by side; report in bench-results/. The scale run: SIZES="0.25G 1G 4G".
+SIZE ?= 1G
+SIZES ?= $(SIZE)
+REPEAT ?= 3
+BENCH := $(BIN)/python -m tests.benchmarks.bench --host $(PGHOST) --port $(PGPORT)
+
+bench-data: install tools pg-up
+	$(BENCH) data $(foreach s,$(SIZES),--size $(s))
+
+bench: install tools pg-up
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev,bench]'
+	$(BENCH) run $(foreach s,$(SIZES),--size $(s)) --repeat $(REPEAT)

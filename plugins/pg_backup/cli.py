@@ -27,16 +27,18 @@ def _keygen(args: argparse.Namespace) -> int:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(f"# public key: {public}\n{identity}\n")
-        print(f"private key written to {path} (mode 0600): store it in the identity connection "
-              "and somewhere offline", file=sys.stderr)
+        print(
+            f"private key written to {path} (mode 0600): store it in the identity connection "
+            "and somewhere offline",
+            file=sys.stderr,
+        )
     elif args.print_private:
         print(str(identity))
         print(f"# public key: {public}", file=sys.stderr)
         return 0
     else:
         # A public key whose private half is lost would make every backup unreadable.
-        print("error: say where the private key goes: -o FILE or --print-private",
-              file=sys.stderr)
+        print("error: say where the private key goes: -o FILE or --print-private", file=sys.stderr)
         return 2
     print(public)
     return 0
@@ -77,7 +79,8 @@ def _target_checks(cfg: object) -> list[tuple[str, Callable[[], str]]]:
     def source() -> str:
         src = endpoint(cfg.source_conn_id)
         with src.connect(autocommit=True) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]
+            row = conn.execute("SHOW server_version").fetchone()
+        version = row[0] if row else "?"
         major, text = tools.tool_version(tools.tool_path("pg_dump", cfg.dump.pg_bin_dir))
         preflight.check_pg_dump(major, int(str(version).split(".")[0]))
         return f"{src.describe()} PostgreSQL {version}, {text}"
@@ -160,13 +163,19 @@ def _fetch_and_open(args: argparse.Namespace, cfg: Any, work: Path) -> tuple[Any
     manifest = load_manifest(store, cfg.name, args.backup_id)
     started = time.monotonic()
     fetched = fetch_set(store, manifest, work)
-    print(f"fetched   {manifest.data.bytes / 1e6:,.1f} MB, sha256 matches the manifest "
-          f"({fetched['seconds']:.1f} s)", flush=True)
+    print(
+        f"fetched   {manifest.data.bytes / 1e6:,.1f} MB, sha256 matches the manifest "
+        f"({fetched['seconds']:.1f} s)",
+        flush=True,
+    )
     decrypted = decrypt_set(work, fetched, _identities(args, cfg), manifest)
     print(f"decrypted with the private key ({decrypted['seconds']:.1f} s)", flush=True)
     opened = decompress_set(work, decrypted)
-    print(f"decompressed {manifest.dump_bytes / 1e6:,.1f} MB dump ({opened['seconds']:.1f} s, "
-          f"{time.monotonic() - started:.1f} s so far)", flush=True)
+    print(
+        f"decompressed {manifest.dump_bytes / 1e6:,.1f} MB dump ({opened['seconds']:.1f} s, "
+        f"{time.monotonic() - started:.1f} s so far)",
+        flush=True,
+    )
     return manifest, {"decrypted": decrypted, "opened": opened}
 
 
@@ -190,11 +199,15 @@ def _restore_target(args: argparse.Namespace, cfg: Any) -> Any:
         fields = {k: str(v) for k, v in conninfo_to_dict(into).items() if v is not None}
         if not fields.get("dbname"):
             raise SystemExit("error: --into names no database (dbname=...)")
-        options = {k: fields[k] for k in ("sslmode", "sslrootcert") if k in fields}
+        options: dict[str, str] = {k: fields[k] for k in ("sslmode", "sslrootcert") if k in fields}
         return PgEndpoint(
-            conn_id="--into", host=fields.get("host", ""), port=int(fields.get("port", 5432)),
-            user=fields.get("user") or os.environ.get("USER", ""), dbname=fields["dbname"],
-            password=fields.get("password"), options=options,
+            conn_id="--into",
+            host=fields.get("host", ""),
+            port=int(fields.get("port", 5432)),
+            user=fields.get("user") or os.environ.get("USER", ""),
+            dbname=fields["dbname"],
+            password=fields.get("password"),
+            options=options,
         )
     return endpoint(into)
 
@@ -203,10 +216,10 @@ def _restore(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
+    from pg_backup.drill import expected_counts
     from pg_backup.pgconn import endpoint
     from pg_backup.restore import create_database, refuse_source, restore_dump
     from pg_backup.verify import compare_database, format_differences
-    from pg_backup.drill import expected_counts
 
     cfg = _load_target(args)
     target = _restore_target(args, cfg)
@@ -229,9 +242,11 @@ def _restore(args: argparse.Namespace) -> int:
                 "AND n.nspname <> 'information_schema'"
             ).fetchone()[0]
         if relations and not args.force:
-            print(f"error: database {target.describe()} exists and holds {relations} relation(s); "
-                  "restore into a new or empty database, or pass --force to drop and recreate it",
-                  file=sys.stderr)
+            print(
+                f"error: database {target.describe()} exists and holds {relations} relation(s); "
+                "restore into a new or empty database, or pass --force to drop and recreate it",
+                file=sys.stderr,
+            )
             return 2
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pg-backup-restore-") as tmp:
@@ -240,9 +255,9 @@ def _restore(args: argparse.Namespace) -> int:
         if not exists or args.force:
             create_database(server, target.dbname)
             print(f"created   database {target.describe()}", flush=True)
-        seconds = restore_dump(
-            target, str(work / "db.dump"), args.jobs, cfg.dump.pg_bin_dir
-        )
+        # db.dump: a custom-format file, or a packed directory dump restore_dump unpacks.
+        dump_name = opened["opened"]["dump"]["name"]
+        seconds = restore_dump(target, str(work / dump_name), args.jobs, cfg.dump.pg_bin_dir)
         print(f"restored  with pg_restore -j {args.jobs} ({seconds:.1f} s)", flush=True)
         expected = expected_counts(work, opened["decrypted"])
     result = compare_database(target, expected, cfg.dump.schemas, cfg.dump.exclude_schemas)
@@ -251,8 +266,10 @@ def _restore(args: argparse.Namespace) -> int:
         print(format_differences(result.differences))
         print(f"FAILED: {len(result.differences)} relation(s) differ from the snapshot")
         return 1
-    print(f"verified  {result.checked} relations, {result.rows:,} rows exactly as in the snapshot "
-          f"of {manifest.snapshot_at}")
+    print(
+        f"verified  {result.checked} relations, {result.rows:,} rows exactly as in the snapshot "
+        f"of {manifest.snapshot_at}"
+    )
     print(f"done: {manifest.backup_id} restored into {target.describe()} in {total:.1f} s")
     return 0
 
@@ -284,10 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--identity", help="age key file (default: the identity connection)")
         cmd.set_defaults(func=func)
         if name == "restore":
-            cmd.add_argument("--into", required=True,
-                             help="libpq DSN or Airflow connection id of the database to create")
-            cmd.add_argument("--force", action="store_true",
-                             help="drop and recreate the database if it exists and is not empty")
+            cmd.add_argument(
+                "--into",
+                required=True,
+                help="libpq DSN or Airflow connection id of the database to create",
+            )
+            cmd.add_argument(
+                "--force",
+                action="store_true",
+                help="drop and recreate the database if it exists and is not empty",
+            )
             cmd.add_argument("--jobs", type=int, default=2, help="pg_restore -j (default 2)")
     return parser
 
@@ -304,8 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, DrillError, ConnectionConfigError, ConnectionError, RestoreError,
-            StorageError, ToolFailed) as exc:
+    except (
+        ConfigError,
+        DrillError,
+        ConnectionConfigError,
+        ConnectionError,
+        RestoreError,
+        StorageError,
+        ToolFailed,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -91,13 +91,18 @@ def fetch_set(store: Storage, manifest: Manifest, dest: Path) -> dict[str, Any]:
     started = time.monotonic()
     data = _fetch_one(store, manifest.data, dest / layout.DATA_OBJECT)
     tables = _fetch_one(store, manifest.tables, dest / layout.TABLES_OBJECT)
-    return {"data": data.to_xcom(), "tables": tables.to_xcom(),
-            "seconds": round(time.monotonic() - started, 3)}
+    return {
+        "data": data.to_xcom(),
+        "tables": tables.to_xcom(),
+        "seconds": round(time.monotonic() - started, 3),
+    }
 
 
 def split_identities(secret: str) -> list[str]:
     """Every ``AGE-SECRET-KEY-1...`` line of a connection password or key file."""
-    return [line.strip() for line in secret.splitlines() if line.strip().startswith("AGE-SECRET-KEY-")]
+    return [
+        line.strip() for line in secret.splitlines() if line.strip().startswith("AGE-SECRET-KEY-")
+    ]
 
 
 def identities_from_connection(conn_id: str) -> list[str]:
@@ -116,11 +121,14 @@ def identities_from_connection(conn_id: str) -> list[str]:
 def _public_keys(identities: list[str]) -> list[str]:
     from pg_backup.encrypt import parse_identity
 
-    return [str(parse_identity(key, f"identity[{i}]").to_public()) for i, key in enumerate(identities)]
+    return [
+        str(parse_identity(key, f"identity[{i}]").to_public()) for i, key in enumerate(identities)
+    ]
 
 
-def decrypt_set(dest: Path, fetched: dict[str, Any], identities: list[str],
-                manifest: Manifest) -> dict[str, Any]:
+def decrypt_set(
+    dest: Path, fetched: dict[str, Any], identities: list[str], manifest: Manifest
+) -> dict[str, Any]:
     """Decrypt data and table list; a wrong key says which recipients the backup was made for."""
     import pyrage
 
@@ -144,7 +152,11 @@ def decrypt_set(dest: Path, fetched: dict[str, Any], identities: list[str],
 
 
 def decompress_set(dest: Path, decrypted: dict[str, Any]) -> dict[str, Any]:
-    """zstd -d into the custom-format dump pg_restore -j needs (a seekable file)."""
+    """Decompress into the dump pg_restore -j needs (a seekable file).
+
+    A custom-format file, or for sets made with ``dump.jobs`` > 1 (manifest ``dump_format:
+    directory``) a tar of a directory-format dump that ``restore_dump`` unpacks first.
+    """
     from pg_backup.compress import decompress_file
 
     started = time.monotonic()
@@ -179,7 +191,11 @@ def run_checks(target: PgEndpoint, checks: list[CheckConfig]) -> list[CheckResul
                 detail = "returned true" if ok else "returned false"
             else:
                 ok = not rows
-                detail = "no rows" if ok else f"{len(rows)}{'+' if len(rows) > 5 else ''} row(s), e.g. {rows[0]!r}"
+                detail = (
+                    "no rows"
+                    if ok
+                    else f"{len(rows)}{'+' if len(rows) > 5 else ''} row(s), e.g. {rows[0]!r}"
+                )
             results.append(CheckResult(check.name, bool(ok), detail))
     return results
 
@@ -226,8 +242,11 @@ def format_report_table(backups: list[dict[str, Any]], rto: float) -> str:
     lines = [f"{'backup':<44} {'age h':>7} {'RTO s':>8} {'counts':>7} {'checks':>7}  result"]
     for b in backups:
         checks = f"{sum(c['ok'] for c in b['checks'])}/{len(b['checks'])}"
-        result = "ok" if b["ok"] and b["rto_seconds"] <= rto else (
-            "over RTO" if b["ok"] else (b["error"] or "failed").splitlines()[0][:60])
+        result = (
+            "ok"
+            if b["ok"] and b["rto_seconds"] <= rto
+            else ("over RTO" if b["ok"] else (b["error"] or "failed").splitlines()[0][:60])
+        )
         lines.append(
             f"{b['backup_id']:<44} {b['age_hours']:>7.1f} {b['rto_seconds']:>8.1f} "
             f"{'exact' if b['counts_ok'] else 'DIFF':>7} {checks:>7}  {result}"
@@ -272,8 +291,13 @@ def collect(
 
 
 def build_report(
-    target: str, run_id: str, at: datetime, seed: int | None, rto: float,
-    drilled: list[DrilledBackup], chose_error: str | None = None,
+    target: str,
+    run_id: str,
+    at: datetime,
+    seed: int | None,
+    rto: float,
+    drilled: list[DrilledBackup],
+    chose_error: str | None = None,
 ) -> dict[str, Any]:
     """The drill report document."""
     backups = [d.to_dict() for d in drilled]
@@ -308,8 +332,11 @@ def report_mail(doc: dict[str, Any], link: str) -> tuple[str, str]:
         for line in ([b["error"]] if b["error"] else [])
         + b["differences"]
         + [f"check {c['name']!r} failed: {c['detail']}" for c in b["checks"] if not c["ok"]]
-        + ([f"RTO {b['rto_seconds']:.0f}s over objective {rto:.0f}s"]
-           if b["rto_seconds"] > rto else [])
+        + (
+            [f"RTO {b['rto_seconds']:.0f}s over objective {rto:.0f}s"]
+            if b["rto_seconds"] > rto
+            else []
+        )
     ]
     if doc.get("error"):
         problems.insert(0, doc["error"])
@@ -319,7 +346,7 @@ def report_mail(doc: dict[str, Any], link: str) -> tuple[str, str]:
         f"<pre>{html.escape(table)}</pre>"
         + (f"<p>Problems:</p><pre>{html.escape(chr(10).join(problems))}</pre>" if problems else "")
         + f"<p>Seed {doc['seed']} (trigger with it to repeat the pick). "
-        f"Run: <a href=\"{link}\">{link}</a></p>"
+        f'Run: <a href="{link}">{link}</a></p>'
     )
     return subject, body
 
@@ -337,7 +364,12 @@ def run_report(cfg: Any, context: dict[str, Any]) -> dict[str, Any]:
     drilled = collect(chosen, stage_out, at)
     rto = cfg.drill.rto.total_seconds()
     doc = build_report(
-        cfg.name, run.run_id, at, chosen["seed"] if chosen else None, rto, drilled,
+        cfg.name,
+        run.run_id,
+        at,
+        chosen["seed"] if chosen else None,
+        rto,
+        drilled,
         None if chosen else "choose did not complete: see the choose task's log",
     )
     log.info("drill report:\n%s", format_report_table(doc["backups"], rto))

@@ -3,14 +3,21 @@
 A ``REPEATABLE READ, READ ONLY`` transaction exports its snapshot and stays open while
 ``pg_dump --snapshot`` runs; the counts are taken in that transaction while pg_dump works, so
 they describe exactly the rows in the dump however busy the source is.
+
+With ``dump.jobs`` > 1, ``pg_dump --format=directory --jobs=N`` dumps tables in parallel under
+the same snapshot, and the directory is packed into ``db.dump`` as one uncompressed tar (hashed
+in the pass that writes it), so the later stages still hand over a single file. The stock
+restore is then ``age -d | zstd -d | tar -x`` and ``pg_restore -j N`` on ``db.dump.d``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pg_backup import layout, staging, tools
 from pg_backup.config import TargetConfig
@@ -21,6 +28,11 @@ from pg_backup.staging import StagedFile
 log = logging.getLogger(__name__)
 
 LARGE_OBJECTS = "<large objects>"
+
+DumpFormat = Literal["custom", "directory"]
+# The directory a parallel dump is written to, and its name inside the packed tar: the stock
+# ``tar -x`` recreates it under this name.
+DUMP_DIR = "db.dump.d"
 
 # Tables pg_dump writes data for: ordinary tables and leaf partitions ('r'), populated
 # materialized views ('m'); not partitioned parents (no rows of their own), not members of
@@ -80,6 +92,7 @@ class DumpResult:
     encoding: str
     relations: int
     rows: int
+    dump_format: DumpFormat = "custom"
 
     def to_xcom(self) -> dict[str, Any]:
         """A JSON-able dict for XCom."""
@@ -125,12 +138,21 @@ def counts_from_json(data: dict[str, Any]) -> list[TableCount]:
     return [TableCount(**item) for item in data["relations"]]
 
 
+def dump_format(cfg: TargetConfig) -> DumpFormat:
+    """Custom format (one file) for one job; directory format for parallel jobs."""
+    return "directory" if cfg.dump.jobs > 1 else "custom"
+
+
 def pg_dump_argv(pg_dump: str, cfg: TargetConfig, snapshot: str, out: str) -> list[str]:
     """pg_dump's argv: no host, user or password here (they travel in the environment)."""
     lock_ms = int(cfg.dump.lock_wait_timeout.total_seconds() * 1000)
+    if dump_format(cfg) == "directory":
+        layout_args = ["--format=directory", f"--jobs={cfg.dump.jobs}"]
+    else:
+        layout_args = ["--format=custom"]
     argv = [
         pg_dump,
-        "--format=custom",
+        *layout_args,
         "--compress=0",
         f"--snapshot={snapshot}",
         f"--lock-wait-timeout={lock_ms}",
@@ -149,7 +171,11 @@ def run_dump(cfg: TargetConfig, run: RunInfo, source: PgEndpoint | None = None) 
     _, pg_dump_version = tools.tool_version(pg_dump)
     workdir = staging.prepare_dir(run.staging_path)
     out = workdir / layout.DUMP_FILE
-    part = out.with_name(out.name + ".part")
+    fmt = dump_format(cfg)
+    # pg_dump writes the custom format to db.dump.part, the directory format to db.dump.d/.
+    part = out.with_name(out.name + ".part") if fmt == "custom" else workdir / DUMP_DIR
+    if fmt == "directory":
+        staging.remove_dir(part)  # left by an earlier attempt; pg_dump wants it absent
     progress = staging.Progress("dump")
 
     from psycopg import IsolationLevel
@@ -164,16 +190,19 @@ def run_dump(cfg: TargetConfig, run: RunInfo, source: PgEndpoint | None = None) 
                 " (SELECT pg_encoding_to_char(encoding) FROM pg_database"
                 "  WHERE datname = current_database())"
             )
-            snapshot, snapshot_at, server_version, server_major, encoding = cur.fetchone()
+            row = cur.fetchone()
+            assert row is not None  # a SELECT without FROM always returns its row
+            snapshot, snapshot_at, server_version, server_major, encoding = row
             log.info("dump: snapshot %s exported at %s", snapshot, snapshot_at.isoformat())
             argv = pg_dump_argv(pg_dump, cfg, snapshot, str(part))
             try:
-                with tools.child(argv, source.libpq_env()) as proc:
+                with (
+                    tools.child(argv, source.libpq_env()) as proc,
+                    progress.watching(lambda: _bytes_so_far(part)),
+                ):
                     # Counting runs while pg_dump works: both read the same snapshot.
                     counts = count_relations(cur, cfg.dump.schemas, cfg.dump.exclude_schemas)
-                    while proc.poll() is None:
-                        progress.update(part.stat().st_size if part.exists() else 0)
-                        time.sleep(0.2)
+                    proc.wait()
                     if proc.returncode != 0:
                         raise tools.ToolFailed(
                             "pg_dump",
@@ -182,11 +211,14 @@ def run_dump(cfg: TargetConfig, run: RunInfo, source: PgEndpoint | None = None) 
                             f" while dumping {source.describe()}",
                         )
             except BaseException:
-                part.unlink(missing_ok=True)
+                _discard(part)
                 raise
         conn.rollback()
 
-    dump = _seal(part, out, progress.seconds)
+    if fmt == "directory":
+        dump = pack_directory(part, out, progress.seconds)
+    else:
+        dump = _seal(part, out, progress.seconds)
     tables = staging.write_json(
         workdir / layout.TABLES_FILE,
         counts_to_json(
@@ -207,13 +239,80 @@ def run_dump(cfg: TargetConfig, run: RunInfo, source: PgEndpoint | None = None) 
         encoding=encoding,
         relations=len(counts),
         rows=sum(c.rows for c in counts if c.rows > 0),
+        dump_format=fmt,
     )
+
+
+def _bytes_so_far(part: Path) -> int:
+    """Bytes pg_dump has written so far (one file, or the files of its directory)."""
+    try:
+        if part.is_dir():
+            return sum(entry.stat().st_size for entry in os.scandir(part) if entry.is_file())
+        return part.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _discard(part: Path) -> None:
+    """Remove what a failed pg_dump left behind."""
+    if part.is_dir():
+        staging.remove_dir(part)
+    else:
+        part.unlink(missing_ok=True)
+
+
+class _Positioned:
+    """A HashingWriter with the ``tell`` tarfile asks for (bytes written so far)."""
+
+    def __init__(self, writer: staging.HashingWriter):
+        self.write = writer.write
+        self._writer = writer
+
+    def tell(self) -> int:
+        return self._writer.count
+
+
+def pack_directory(tree: Path, out: Path, seconds: float) -> StagedFile:
+    """Pack pg_dump's directory into ``out`` as an uncompressed tar, hashed in the same pass.
+
+    Members are ``db.dump.d/toc.dat`` first, then the data files by name, owned by nobody in
+    particular: the same directory packs to the same bytes apart from file times.
+    """
+    import tarfile
+
+    started = time.monotonic()
+    names = sorted(os.listdir(tree), key=lambda name: (name != "toc.dat", name))
+    with staging.atomic_output(out) as handle:
+        writer = staging.HashingWriter(handle)
+        with tarfile.TarFile(
+            fileobj=_Positioned(writer),  # type: ignore[arg-type]
+            mode="w",
+            format=tarfile.PAX_FORMAT,
+            copybufsize=staging.CHUNK,
+        ) as tar:
+            tar.addfile(_member(tar, tree, DUMP_DIR, 0o700))
+            for name in names:
+                path = tree / name
+                info = _member(tar, path, f"{DUMP_DIR}/{name}", 0o600)
+                if not info.isfile():
+                    raise RuntimeError(f"pg_dump left {path}, which is not a regular file")
+                with path.open("rb") as data:
+                    tar.addfile(info, data)
+    staging.remove_dir(tree)
+    seconds += time.monotonic() - started
+    log.info("dump: packed %d files of %s into %s", len(names), tree.name, out.name)
+    return writer.staged(out.name, seconds)
+
+
+def _member(tar: Any, path: Path, arcname: str, mode: int) -> Any:
+    info = tar.gettarinfo(str(path), arcname)
+    info.mode, info.uid, info.gid, info.uname, info.gname = mode, 0, 0, "", ""
+    return info
 
 
 def _seal(part: Any, out: Any, seconds: float) -> StagedFile:
     """Hash pg_dump's finished file in one read, fsync it, and give it its final name."""
     import hashlib
-    import os
 
     sha = hashlib.sha256()
     size = 0

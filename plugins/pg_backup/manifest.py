@@ -7,11 +7,11 @@ about the data itself (table names, counts) lives in the encrypted tables.json.a
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FORMAT = "pg_backup/1"
+FORMAT: Final = "pg_backup/1"
 
 
 class _Doc(BaseModel):
@@ -48,7 +48,8 @@ class Manifest(_Doc):
     server_version: str
     pg_dump_version: str
     package_version: str
-    dump_format: Literal["custom"] = "custom"
+    # "directory": pg_dump --format=directory --jobs, packed as one tar (dump.jobs > 1).
+    dump_format: Literal["custom", "directory"] = "custom"
     compression: str
     encryption: Literal["age-x25519"] = "age-x25519"
     recipients: list[str]

@@ -77,6 +77,7 @@ def upload_set(
         server_version=dumped.server_version,
         pg_dump_version=dumped.pg_dump_version,
         package_version=package_version(),
+        dump_format=dumped.dump_format,
         compression=f"zstd-{cfg.compress.level}",
         recipients=list(cfg.encryption.recipients),
         dump_bytes=dumped.dump.bytes,

@@ -1,0 +1,55 @@
+"""The bench machinery end to end on a tiny database, so CI proves `make bench` still works.
+
+The real benchmark (0.25/1/4 GB, repeated) is `make bench`, not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.conftest import PG_HOST, PG_PORT, PG_USER
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_runs_every_scenario_on_a_tiny_database(pg_server, tmp_path, capsys):
+    """Build a tiny voting database, run every scenario once, get report, chart and ratios."""
+    from tests.benchmarks import bench
+
+    db = f"pgb_bench_smoke_{uuid.uuid4().hex[:8]}"
+    common = ["--host", PG_HOST, "--port", str(PG_PORT), "--user", PG_USER]
+    out = tmp_path / "results"
+    try:
+        assert bench.main([*common, "data", "--size", "tiny", "--votes", "2000", "--db", db]) == 0
+        assert (
+            bench.main(
+                [*common, "run", "--size", "tiny", "--repeat", "1", "--db", db, "--out", str(out)]
+            )
+            == 0
+        )
+    finally:
+        bench.Pg(PG_HOST, PG_PORT, PG_USER).drop(db)
+
+    doc = json.loads((out / "results.json").read_text())
+    rows = {r["scenario"]: r for r in doc["sizes"][0]["results"]}
+    assert set(rows) == set(bench.LABELS)
+    for name, row in rows.items():
+        assert row["wall"] > 0 and row["cpu"] >= 0, name
+    assert [p["label"] for p in rows["D"]["parts"]] == list(bench.STAGES)
+    assert rows["D"]["output_bytes"] > 0 and rows["A"]["output_bytes"] > 0
+    assert rows["D-j2"]["notes"]["dump_format"] == "directory"
+    assert rows["D"]["notes"]["dump_format"] == "custom"
+    # every stage process reported its own peak RSS, pg_dump's backend was seen by database
+    assert all(p["extra"]["self_hwm"] > 0 for p in rows["D"]["parts"])
+    assert rows["F"]["parts"][0]["extra"]["self_hwm"] > 0
+    report = (out / "report.md").read_text()
+    assert "## Targets" in report and "D(file) / A" in report
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "work").exists()
+    # the ratios come last
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("E-ours-j2 / E-ours") or "(info)" in printed[-1]
+    assert any(line.startswith("D(file) / C") for line in printed[-15:])
