@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -49,8 +49,15 @@ def over_budget(
     return (stage, took, budget) if took > budget else None
 
 
-def budget_mail(cfg: TargetConfig, dag_id: str, run_id: str, task_id: str, outcome: str,
-                took: timedelta, budget: timedelta) -> tuple[str, str]:
+def budget_mail(
+    cfg: TargetConfig,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    outcome: str,
+    took: timedelta,
+    budget: timedelta,
+) -> tuple[str, str]:
     """Subject and body of the over-budget mail."""
     from pg_backup.notify import run_url
 
@@ -63,7 +70,7 @@ def budget_mail(cfg: TargetConfig, dag_id: str, run_id: str, task_id: str, outco
     body = (
         f"<p>Stage <b>{task_id}</b> of <b>{dag_id}</b> ended ({outcome}) after "
         f"{took.total_seconds():.0f} s; its budget is {budget.total_seconds():.0f} s.</p>"
-        f"<p>Run: <a href=\"{link}\">{link}</a></p>"
+        f'<p>Run: <a href="{link}">{link}</a></p>'
         "<p>Nothing was stopped: the budget only warns. A stage that keeps growing will hit its "
         "timeout; look at the stage's log for its throughput, and at the source (locks, size).</p>"
     )
@@ -74,14 +81,17 @@ def _check(task_instance: Any, outcome: str) -> None:
     cfg = target_of(task_instance.dag_id, _config())
     if cfg is None or not cfg.alerts.emails:
         return
-    late = over_budget(
-        cfg, task_instance.task_id, task_instance.start_date, datetime.now(timezone.utc)
-    )
+    late = over_budget(cfg, task_instance.task_id, task_instance.start_date, datetime.now(UTC))
     if late is None:
         return
     _, took, budget = late
     subject, body = budget_mail(
-        cfg, task_instance.dag_id, task_instance.run_id, task_instance.task_id, outcome, took,
+        cfg,
+        task_instance.dag_id,
+        task_instance.run_id,
+        task_instance.task_id,
+        outcome,
+        took,
         budget,
     )
     from pg_backup.notify import send_mail

@@ -1,13 +1,19 @@
-"""The compress stage: zstd over all cores, streaming, input checked and output hashed in one pass."""
+"""The compress stage: zstd over all cores, streaming; input checked, output hashed, one pass."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO, cast
 
 from pg_backup import staging
 from pg_backup.staging import HashingReader, HashingWriter, Progress, StagedFile
 
 READ_SIZE = 4 * 1024 * 1024
+
+
+def _io(stream: HashingReader | HashingWriter) -> IO[bytes]:
+    """The hashing wrappers have the read/write zstandard calls; say so to the type checker."""
+    return cast("IO[bytes]", stream)
 
 
 def compress_file(
@@ -22,8 +28,13 @@ def compress_file(
     with src.open("rb") as raw, staging.atomic_output(dst) as out:
         reader = HashingReader(raw, progress)
         writer = HashingWriter(out)
-        cctx.copy_stream(reader, writer, size=expected.bytes, read_size=READ_SIZE,
-                         write_size=READ_SIZE)
+        cctx.copy_stream(
+            _io(reader),
+            _io(writer),
+            size=expected.bytes,
+            read_size=READ_SIZE,
+            write_size=READ_SIZE,
+        )
         # Checked before the rename: a changed input never becomes a finished output.
         reader.check(src, expected)
     progress.summary(reader.count, writer.count)
@@ -40,7 +51,7 @@ def decompress_file(src: Path, expected: StagedFile, dst: Path) -> StagedFile:
     with src.open("rb") as raw, staging.atomic_output(dst) as out:
         reader = HashingReader(raw, progress)
         writer = HashingWriter(out)
-        dctx.copy_stream(reader, writer, read_size=READ_SIZE, write_size=READ_SIZE)
+        dctx.copy_stream(_io(reader), _io(writer), read_size=READ_SIZE, write_size=READ_SIZE)
         reader.check(src, expected)
     progress.summary(reader.count, writer.count)
     return writer.staged(dst.name, progress.seconds)

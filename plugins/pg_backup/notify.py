@@ -67,7 +67,9 @@ def _airflow_base_url() -> str:
         return "http://localhost:8080"
 
 
-def sla_mail(context: dict[str, Any], target: str, sla: str, base_url: str | None) -> tuple[str, str]:
+def sla_mail(
+    context: dict[str, Any], target: str, sla: str, base_url: str | None
+) -> tuple[str, str]:
     """Subject and body of the SLA-miss mail; true whether the run is late or failed early."""
     run = context.get("dag_run") or {}
     deadline = context.get("deadline") or {}
@@ -146,7 +148,8 @@ def deadline_alerts(cfg: TargetConfig) -> list[Any]:
     """The DAG-level SLA: DAGRUN_QUEUED_AT + sla, mailing the alert recipients."""
     if not cfg.alerts.emails:
         return []
-    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+    from airflow.sdk.definitions.callback import AsyncCallback
+    from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
     return [
         DeadlineAlert(

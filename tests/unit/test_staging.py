@@ -226,3 +226,26 @@ def test_s3_checksum_comparison_tolerates_a_missing_part_count() -> None:
     assert same_checksum("abc=", "abc=-2")  # moto's form of a multipart checksum
     assert not same_checksum("abd=", "abc=-2")
     assert not same_checksum("abc=-3", "abc=-2")
+
+
+def test_progress_watching_logs_while_a_child_works(caplog: pytest.LogCaptureFixture) -> None:
+    """watching() logs the measure from a side thread while the block waits, and stops after."""
+    import logging
+    import time
+
+    from pg_backup.staging import Progress
+
+    progress = Progress("restore", every=0.05)
+    calls: list[int] = []
+
+    def measure() -> int:
+        calls.append(1)
+        return 10_000_000 * len(calls)
+
+    with caplog.at_level(logging.INFO, logger="pg_backup.staging"), progress.watching(measure):
+        time.sleep(0.4)
+    seen = len(calls)
+    time.sleep(0.2)
+    assert seen >= 2
+    assert len(calls) == seen  # the side thread ended with the block
+    assert any("restore:" in r.getMessage() and "so far" in r.getMessage() for r in caplog.records)
