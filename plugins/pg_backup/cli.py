@@ -206,7 +206,9 @@ def _restore_target(args: argparse.Namespace, cfg: Any) -> Any:
             port=int(fields.get("port", 5432)),
             user=fields.get("user") or os.environ.get("USER", ""),
             dbname=fields["dbname"],
-            password=fields.get("password"),
+            # Children get a scrubbed libpq environment, so an operator's PGPASSWORD is carried
+            # over explicitly (still through the environment, never argv).
+            password=fields.get("password") or os.environ.get("PGPASSWORD"),
             options=options,
         )
     return endpoint(into)
