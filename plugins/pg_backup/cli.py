@@ -45,7 +45,11 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import logging
+
     from pg_backup.config import ConfigError, load_config
+
+    logging.getLogger("pg_backup").setLevel(logging.WARNING)  # one line per check, no stage logs
 
     try:
         config = load_config(args.config)
@@ -102,11 +106,20 @@ def _target_checks(cfg: object) -> list[tuple[str, Callable[[], str]]]:
             parse_recipient(recipient, f"encryption.recipients[{i}]")
         return f"{len(cfg.encryption.recipients)} recipient(s)"
 
+    def full_preflight() -> str:
+        # The daily DAG's own first task: adds CREATEDB on scratch and staging free space.
+        result = preflight.run_preflight(cfg)
+        return (
+            f"source data about {result.estimated_bytes / 1e6:,.0f} MB, staging free "
+            f"{result.staging_free_bytes / 1e9:,.1f} GB"
+        )
+
     return [
         (f"source connection {cfg.source_conn_id!r}", source),
         (f"scratch connection {cfg.scratch_conn_id!r}", scratch),
         ("storage writable", storage),
         ("encryption recipients", keys),
+        ("preflight of the daily DAG", full_preflight),
     ]
 
 
