@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import IO, cast
 
 from pg_backup import staging
+from pg_backup.config import TargetConfig
+from pg_backup.layout import COMPRESSED_FILE, RunInfo
 from pg_backup.staging import HashingReader, HashingWriter, Progress, StagedFile
 
 READ_SIZE = 4 * 1024 * 1024
@@ -55,3 +57,14 @@ def decompress_file(src: Path, expected: StagedFile, dst: Path) -> StagedFile:
         reader.check(src, expected)
     progress.summary(reader.count, writer.count)
     return writer.staged(dst.name, progress.seconds)
+
+
+def compress_dump(cfg: TargetConfig, run: RunInfo, dump: StagedFile) -> StagedFile:
+    """The compress stage of one run: the staged dump into ``db.dump.zst``."""
+    return compress_file(
+        run.staging_path / dump.name,
+        dump,
+        run.staging_path / COMPRESSED_FILE,
+        level=cfg.compress.level,
+        threads=cfg.compress.threads,
+    )

@@ -195,45 +195,24 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
         @task(execution_timeout=timeouts.compress, doc_md=TASK_DOCS["compress"])
         def compress(dumped: dict[str, Any], **context: Any) -> dict[str, Any]:
-            from pg_backup.compress import compress_file
+            from pg_backup.compress import compress_dump
             from pg_backup.dump import DumpResult
-            from pg_backup.layout import COMPRESSED_FILE
 
-            run = info(context)
-            staged = DumpResult.from_xcom(dumped).dump
-            return compress_file(
-                run.staging_path / staged.name,
-                staged,
-                run.staging_path / COMPRESSED_FILE,
-                level=cfg.compress.level,
-                threads=cfg.compress.threads,
-            ).to_xcom()
+            return compress_dump(cfg, info(context), DumpResult.from_xcom(dumped).dump).to_xcom()
 
         @task(execution_timeout=timeouts.encrypt, doc_md=TASK_DOCS["encrypt"])
         def encrypt(compressed: dict[str, Any], dumped: dict[str, Any], **context: Any) -> dict:
             from pg_backup.dump import DumpResult
-            from pg_backup.encrypt import encrypt_file
-            from pg_backup.layout import ENCRYPTED_FILE, ENCRYPTED_TABLES_FILE
+            from pg_backup.encrypt import encrypt_set
             from pg_backup.staging import StagedFile
 
-            run = info(context)
-            staged = StagedFile.from_xcom(compressed)
-            tables = DumpResult.from_xcom(dumped).tables
-            recipients = list(cfg.encryption.recipients)
-            data = encrypt_file(
-                run.staging_path / staged.name,
-                staged,
-                run.staging_path / ENCRYPTED_FILE,
-                recipients,
-                part_size=cfg.storage.multipart_chunksize,
+            data, tables = encrypt_set(
+                cfg,
+                info(context),
+                StagedFile.from_xcom(compressed),
+                DumpResult.from_xcom(dumped).tables,
             )
-            tables_enc = encrypt_file(
-                run.staging_path / tables.name,
-                tables,
-                run.staging_path / ENCRYPTED_TABLES_FILE,
-                recipients,
-            )
-            return {"data": data.to_xcom(), "tables": tables_enc.to_xcom()}
+            return {"data": data.to_xcom(), "tables": tables.to_xcom()}
 
         @task(execution_timeout=timeouts.upload, doc_md=TASK_DOCS["upload"])
         def upload(dumped: dict[str, Any], encrypted: dict[str, Any], **context: Any) -> dict:

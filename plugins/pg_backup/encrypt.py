@@ -7,10 +7,15 @@ restores from an Airflow connection.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pg_backup import staging
+from pg_backup.layout import ENCRYPTED_FILE, ENCRYPTED_TABLES_FILE
 from pg_backup.staging import HashingReader, HashingWriter, Progress, StagedFile
+
+if TYPE_CHECKING:
+    from pg_backup.config import TargetConfig
+    from pg_backup.layout import RunInfo
 
 
 class KeyFormatError(ValueError):
@@ -124,3 +129,21 @@ def decrypt_file(src: Path, expected: StagedFile, dst: Path, identities: list[st
         reader.check(src, expected)
     progress.summary(reader.count, writer.count)
     return writer.staged(dst.name, progress.seconds)
+
+
+def encrypt_set(
+    cfg: TargetConfig, run: RunInfo, compressed: StagedFile, tables: StagedFile
+) -> tuple[StagedFile, StagedFile]:
+    """The encrypt stage of one run: data object (hashed per upload part too) and table list."""
+    recipients = list(cfg.encryption.recipients)
+    data = encrypt_file(
+        run.staging_path / compressed.name,
+        compressed,
+        run.staging_path / ENCRYPTED_FILE,
+        recipients,
+        part_size=cfg.storage.multipart_chunksize,
+    )
+    listing = encrypt_file(
+        run.staging_path / tables.name, tables, run.staging_path / ENCRYPTED_TABLES_FILE, recipients
+    )
+    return data, listing
