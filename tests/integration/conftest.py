@@ -105,6 +105,22 @@ class Harness:
         dag = self.dag(kind)
         return dag.test(run_after=self._clock, logical_date=self._clock, run_conf=conf)
 
+    def run_info(self, kind: str = "scheduled") -> Any:
+        """A RunInfo as the DAG would derive it, for driving stage functions directly."""
+        from pg_backup import layout
+
+        self._clock += timedelta(hours=1)
+        backup = layout.backup_id(self.name, self._clock, kind)  # type: ignore[arg-type]
+        return layout.RunInfo(
+            target=self.name,
+            kind=kind,  # type: ignore[arg-type]
+            backup_id=backup,
+            taken_at=self._clock.isoformat(),
+            dag_id=f"pg_backup_{self.name}",
+            run_id=f"manual__{self._clock.isoformat()}",
+            staging=str(self.staging_dir / self.name / backup),
+        )
+
     def storage(self) -> Any:
         from pg_backup.storage import open_storage
 

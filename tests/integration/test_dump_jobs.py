@@ -9,8 +9,7 @@ import re
 import subprocess
 import sys
 import tarfile
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -35,20 +34,6 @@ def _counts(db):
 
     with PgEndpoint("x", PG_HOST, PG_PORT, PG_USER, db).connect(autocommit=True) as conn:
         return {c.key: c.rows for c in count_relations(conn.cursor(), [], [])}
-
-
-def _run_info(h):
-    when = datetime(2026, 5, 1, 2, 0, tzinfo=UTC) + timedelta(minutes=uuid.uuid4().int % 10000)
-    backup = layout.backup_id(h.name, when, "scheduled")
-    return layout.RunInfo(
-        target=h.name,
-        kind="scheduled",
-        backup_id=backup,
-        taken_at=when.isoformat(),
-        dag_id=f"pg_backup_{h.name}",
-        run_id=f"manual__{when.isoformat()}",
-        staging=str(h.staging_dir / h.name / backup),
-    )
 
 
 def test_jobs2_set_is_verified_and_restores_with_stock_tools(harness_factory, tmp_path, make_db):
@@ -111,7 +96,7 @@ def test_jobs2_packed_dump_layout_and_default_is_custom(harness_factory):
 
     h = harness_factory("file")
     cfg = h.write_config(dump={"jobs": 2})
-    run = _run_info(h)
+    run = h.run_info()
     dumped = run_dump(cfg, run)
     path = run.staging_path / layout.DUMP_FILE
     assert dumped.dump_format == "directory" and dumped.dump.bytes == path.stat().st_size
@@ -128,7 +113,7 @@ def test_jobs2_packed_dump_layout_and_default_is_custom(harness_factory):
         "--compress=0",
         "--snapshot=SNAP",
     ]
-    run = _run_info(h)
+    run = h.run_info()
     dumped = run_dump(cfg, run)
     assert dumped.dump_format == "custom"
     assert (run.staging_path / layout.DUMP_FILE).read_bytes()[:5] == b"PGDMP"
@@ -142,7 +127,7 @@ def test_changed_packed_dump_is_refused_by_restore(harness_factory):
 
     h = harness_factory("file")
     cfg = h.write_config(dump={"jobs": 2})
-    run = _run_info(h)
+    run = h.run_info()
     dumped = run_dump(cfg, run)
     path = run.staging_path / layout.DUMP_FILE
     data = bytearray(path.read_bytes())

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,21 +117,6 @@ def row_counts(db: str) -> dict[str, int]:
         "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY 1", db
     ).splitlines()
     return {t: int(psql(f"SELECT count(*) FROM {t}", db)) for t in tables}
-
-
-def make_run(h: Harness, kind: str = "scheduled") -> layout.RunInfo:
-    """A RunInfo as the DAG would derive it, for driving stage functions directly."""
-    when = datetime(2026, 3, 1, 2, 0, tzinfo=UTC) + timedelta(minutes=uuid.uuid4().int % 10000)
-    backup = layout.backup_id(h.name, when, kind)  # type: ignore[arg-type]
-    return layout.RunInfo(
-        target=h.name,
-        kind=kind,  # type: ignore[arg-type]
-        backup_id=backup,
-        taken_at=when.isoformat(),
-        dag_id=f"pg_backup_{h.name}",
-        run_id=f"manual__{when.isoformat()}",
-        staging=str(h.staging_dir / h.name / backup),
-    )
 
 
 def stage_until_encrypted(cfg: Any, run: layout.RunInfo) -> tuple[Any, Any, Any]:
@@ -253,7 +237,7 @@ def test_changed_staged_file_is_refused_by_next_stage(harness_factory):
 
     h = harness_factory("file", schema=SMALL_SCHEMA)
     cfg = h.write_config()
-    run = make_run(h)
+    run = h.run_info()
     staging = run.staging_path
 
     dumped = run_dump(cfg, run)
@@ -320,7 +304,7 @@ def test_restore_into_conflicting_database_fails_with_pg_restore_messages(harnes
 
     h = harness_factory("file", schema=SMALL_SCHEMA)
     cfg = h.write_config()
-    run = make_run(h)
+    run = h.run_info()
     dumped = run_dump(cfg, run)
     target = make_db("pgbt_conflict")
     psql('CREATE TABLE public."Vote" (id text, weight numeric, note text)', target)
@@ -408,7 +392,7 @@ def test_upload_to_stopped_s3_endpoint_fails_without_manifest(harness_factory, s
 
     h = harness_factory("s3", schema=SMALL_SCHEMA)
     cfg = h.write_config()
-    run = make_run(h)
+    run = h.run_info()
     dumped, data, tables = stage_until_encrypted(cfg, run)
 
     s3_server.stop()
@@ -436,7 +420,7 @@ def test_upload_interrupted_before_manifest_leaves_no_manifest(harness_factory, 
 
     h = harness_factory("s3", schema=SMALL_SCHEMA)
     cfg = h.write_config()
-    run = make_run(h)
+    run = h.run_info()
     dumped, data, tables = stage_until_encrypted(cfg, run)
 
     class StopsBeforeManifest(S3Storage):

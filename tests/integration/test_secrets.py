@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -215,21 +214,6 @@ def hold_probe(db: str) -> Any:
     return release
 
 
-def make_run(h: Harness) -> layout.RunInfo:
-    """A RunInfo as the DAG would derive it, for calling the dump stage directly."""
-    when = datetime(2026, 4, 1, 2, 0, tzinfo=UTC) + timedelta(minutes=uuid.uuid4().int % 10000)
-    backup = layout.backup_id(h.name, when, "scheduled")
-    return layout.RunInfo(
-        target=h.name,
-        kind="scheduled",
-        backup_id=backup,
-        taken_at=when.isoformat(),
-        dag_id=f"pg_backup_{h.name}",
-        run_id=f"manual__{when.isoformat()}",
-        staging=str(h.staging_dir / h.name / backup),
-    )
-
-
 def assert_env_carries_password(seen: Seen, role: SecretRole) -> None:
     """The child's environment holds the password exactly once: as PGPASSWORD, nowhere else."""
     if seen.environ is None:
@@ -251,7 +235,7 @@ def test_pg_dump_argv_holds_no_password_while_it_runs(harness_factory, secret_ro
         "INSERT INTO t (v) SELECT 'v' FROM generate_series(1, 50);",
     )
     cfg = use_secret_role(h, secret_role)
-    run = make_run(h)
+    run = h.run_info()
     release = hold_probe(h.source_db)
     box: dict[str, Any] = {}
 
