@@ -84,40 +84,22 @@ def run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
         source = PgEndpoint(conn_id=cfg.source_conn_id, **spec["pg"][cfg.source_conn_id])
         return run_dump(cfg, run, source=source).to_xcom()
     if stage == "compress":
-        from pg_backup.compress import compress_file
-        from pg_backup.layout import COMPRESSED_FILE
+        from pg_backup.compress import compress_dump
         from pg_backup.staging import StagedFile
 
         staged = StagedFile.from_xcom(_record(spec, "dump")["dump"])
-        return compress_file(
-            run.staging_path / staged.name,
-            staged,
-            run.staging_path / COMPRESSED_FILE,
-            level=cfg.compress.level,
-            threads=cfg.compress.threads,
-        ).to_xcom()
+        return compress_dump(cfg, run, staged).to_xcom()
     if stage == "encrypt":
-        from pg_backup.encrypt import encrypt_file
-        from pg_backup.layout import ENCRYPTED_FILE, ENCRYPTED_TABLES_FILE
+        from pg_backup.encrypt import encrypt_set
         from pg_backup.staging import StagedFile
 
-        staged = StagedFile.from_xcom(_record(spec, "compress"))
-        tables = StagedFile.from_xcom(_record(spec, "dump")["tables"])
-        recipients = list(cfg.encryption.recipients)
-        data = encrypt_file(
-            run.staging_path / staged.name,
-            staged,
-            run.staging_path / ENCRYPTED_FILE,
-            recipients,
-            part_size=cfg.storage.multipart_chunksize,
+        data, tables = encrypt_set(
+            cfg,
+            run,
+            StagedFile.from_xcom(_record(spec, "compress")),
+            StagedFile.from_xcom(_record(spec, "dump")["tables"]),
         )
-        tables_enc = encrypt_file(
-            run.staging_path / tables.name,
-            tables,
-            run.staging_path / ENCRYPTED_TABLES_FILE,
-            recipients,
-        )
-        return {"data": data.to_xcom(), "tables": tables_enc.to_xcom()}
+        return {"data": data.to_xcom(), "tables": tables.to_xcom()}
     if stage == "upload":
         from pg_backup.dump import DumpResult
         from pg_backup.staging import StagedFile
