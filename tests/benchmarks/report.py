@@ -150,10 +150,16 @@ def _stage_ratio(size: Size, num: str, den: str, stage: str) -> float | None:
     return statistics.median(a) / statistics.median(b) if a and b else None
 
 
-def _verdict(value: float | None, limit: float) -> str:
-    if value is None:
+def _verdicts(labels: list[str], values: list[float | None], limit: float) -> str:
+    """ "met" at every size, or which sizes miss and by how much."""
+    known = [(label, v) for label, v in zip(labels, values, strict=True) if v is not None]
+    if not known:
         return "n/a"
-    return "met" if value <= limit else f"MISSED by {(value / limit - 1) * 100:.0f}%"
+    missed = [f"{label} +{(v / limit - 1) * 100:.0f}%" for label, v in known if v > limit]
+    if not missed:
+        return "met"
+    met = [label for label, v in known if v <= limit]
+    return "MISSED at " + ", ".join(missed) + (f"; met at {', '.join(met)}" if met else "")
 
 
 def ratios_text(doc: dict[str, Any]) -> str:
@@ -166,10 +172,9 @@ def ratios_text(doc: dict[str, Any]) -> str:
         shown = "".join(
             f"{(f'{v:.0f}' if unit == 'MB' else f'{v:.2f}') if v else '—':>10}" for v in vals
         )
-        worst = max((v for v in vals if v is not None), default=None)
         lines.append(
             f"{name:<34}{shown}   <= {limit:g}{' MB' if unit == 'MB' else ''}  "
-            f"{_verdict(worst, limit)}"
+            f"{_verdicts([s.label for s in sizes], vals, limit)}"
         )
     rss = [max((r for _, _, r in s.stage_rss()), default=0) for s in sizes]
     if len(sizes) > 1 and rss[0]:
@@ -270,14 +275,12 @@ def _targets_table(sizes: list[Size]) -> list[str]:
     ]
     for name, unit, limit, fn, paired in TARGETS:
         cells = []
-        worst = None
         for s in sizes:
             value = fn(s)
             pairs = paired(s)
             if value is None:
                 cells.append("—")
                 continue
-            worst = value if worst is None else max(worst, value)
             if unit == "MB":
                 cells.append(f"{value:.0f} MB")
             else:
@@ -286,7 +289,7 @@ def _targets_table(sizes: list[Size]) -> list[str]:
         lines.append(
             f"| {name} ({unit}) | "
             + " | ".join(cells)
-            + f" | ≤ {limit:g} | {_verdict(worst, limit)} |"
+            + f" | ≤ {limit:g} | {_verdicts([s.label for s in sizes], [fn(s) for s in sizes], limit)} |"
         )
     if len(sizes) > 1:
         rss = [max((r for _, _, r in s.stage_rss()), default=0) for s in sizes]
