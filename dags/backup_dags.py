@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from pg_backup.dag_factory import load_dags
+from pg_backup.dags import load_dags
 
 globals().update(load_dags())

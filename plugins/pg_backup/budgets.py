@@ -7,18 +7,17 @@ stops a hung stage. Registered by ``plugins/pg_backup_plugin.py``; runs in the t
 from __future__ import annotations
 
 import logging
-import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from airflow.listeners import hookimpl
 
-from pg_backup.config import STAGE_OF_TASK, Config, TargetConfig, load_config
+from pg_backup.adapters.notify import run_url, send_mail
+from pg_backup.core.config import Config, TargetConfig, load_config
+from pg_backup.core.names import Stage, backup_dag_targets
 
 log = logging.getLogger(__name__)
-
-_DAG_ID = re.compile(r"^pg_backup_(?:emergency_)?(?P<target>[a-z][a-z0-9_]*)$")
 
 
 @lru_cache(maxsize=1)
@@ -28,25 +27,20 @@ def _config() -> Config:
 
 def target_of(dag_id: str, config: Config) -> TargetConfig | None:
     """The target whose backup DAG this is (None for any other DAG)."""
-    match = _DAG_ID.match(dag_id)
-    if not match:
-        return None
-    name = match["target"]
-    if name.startswith("emergency_") and name not in config.targets:
-        name = name.removeprefix("emergency_")
-    return config.targets.get(name)
+    name = backup_dag_targets(config.targets).get(dag_id)
+    return config.targets[name] if name else None
 
 
 def over_budget(
     cfg: TargetConfig, task_id: str, started: datetime | None, ended: datetime
 ) -> tuple[str, timedelta, timedelta] | None:
     """(stage, took, budget) when the task is a budgeted stage that took longer than its budget."""
-    stage = STAGE_OF_TASK.get(task_id)
-    if stage is None or started is None:
+    if task_id not in {s.value for s in Stage} or started is None:
         return None
+    stage = Stage(task_id)
     took = ended - started
-    budget: timedelta = getattr(cfg.budgets, stage)
-    return (stage, took, budget) if took > budget else None
+    budget = cfg.budgets.of(stage)
+    return (stage.value, took, budget) if took > budget else None
 
 
 def budget_mail(
@@ -59,8 +53,6 @@ def budget_mail(
     budget: timedelta,
 ) -> tuple[str, str]:
     """Subject and body of the over-budget mail."""
-    from pg_backup.notify import run_url
-
     minutes = took.total_seconds() / 60
     subject = (
         f"[pg-backup] over budget: {cfg.name} {task_id} took {minutes:.1f} min "
@@ -94,8 +86,6 @@ def _check(task_instance: Any, outcome: str) -> None:
         took,
         budget,
     )
-    from pg_backup.notify import send_mail
-
     log.warning("%s", subject)
     send_mail(cfg, subject, body)
 

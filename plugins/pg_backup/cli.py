@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,84 +46,36 @@ def _keygen(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import logging
 
-    from pg_backup.config import ConfigError, load_config
+    from pg_backup.core.config import load_config
+    from pg_backup.core.errors import PgBackupError
+    from pg_backup.stages.preflight import Preflight
+    from pg_backup.stages.runtime import Runtime
 
     logging.getLogger("pg_backup").setLevel(logging.WARNING)  # one line per check, no stage logs
 
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"FAIL config: {exc}")
+    except PgBackupError as exc:
+        print(f"FAIL config: {exc.summary}")
         return 1
     print(f"ok   config {config.path}: targets {', '.join(sorted(config.targets))}")
     failures = 0
     for cfg in config.targets.values():
         if args.target and cfg.name not in args.target:
             continue
-        for label, check in _target_checks(cfg):
+        # The daily DAG's own preflight, one check at a time: every failure is reported.
+        for label, check in Preflight(Runtime(cfg)).checks():
             try:
                 detail = check()
                 print(f"ok   {cfg.name}: {label}{': ' + detail if detail else ''}")
-            except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
+            except PgBackupError as exc:
                 failures += 1
-                print(f"FAIL {cfg.name}: {label}: {exc}")
+                print(f"FAIL {cfg.name}: {label}: {exc.summary}")
     return 1 if failures else 0
 
 
-def _target_checks(cfg: object) -> list[tuple[str, Callable[[], str]]]:
-    from pg_backup import preflight, tools
-    from pg_backup.config import TargetConfig
-    from pg_backup.encrypt import parse_recipient
-    from pg_backup.pgconn import endpoint
-    from pg_backup.storage import open_storage
-
-    assert isinstance(cfg, TargetConfig)
-
-    def source() -> str:
-        src = endpoint(cfg.source_conn_id)
-        with src.connect(autocommit=True) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-        version = row[0] if row else "?"
-        major, text = tools.tool_version(tools.tool_path("pg_dump", cfg.dump.pg_bin_dir))
-        preflight.check_pg_dump(major, int(str(version).split(".")[0]))
-        return f"{src.describe()} PostgreSQL {version}, {text}"
-
-    def scratch() -> str:
-        dst = endpoint(cfg.scratch_conn_id)
-        preflight.check_not_source(dst, endpoint(cfg.source_conn_id))
-        with dst.connect(autocommit=True):
-            pass
-        return dst.describe()
-
-    def storage() -> str:
-        store = open_storage(cfg.storage)
-        store.check_writable(f"{cfg.name}/.preflight")
-        return store.url
-
-    def keys() -> str:
-        for i, recipient in enumerate(cfg.encryption.recipients):
-            parse_recipient(recipient, f"encryption.recipients[{i}]")
-        return f"{len(cfg.encryption.recipients)} recipient(s)"
-
-    def full_preflight() -> str:
-        # The daily DAG's own first task: adds CREATEDB on scratch and staging free space.
-        result = preflight.run_preflight(cfg)
-        return (
-            f"source data about {result.estimated_bytes / 1e6:,.0f} MB, staging free "
-            f"{result.staging_free_bytes / 1e9:,.1f} GB"
-        )
-
-    return [
-        (f"source connection {cfg.source_conn_id!r}", source),
-        (f"scratch connection {cfg.scratch_conn_id!r}", scratch),
-        ("storage writable", storage),
-        ("encryption recipients", keys),
-        ("preflight of the daily DAG", full_preflight),
-    ]
-
-
 def _load_target(args: argparse.Namespace) -> Any:
-    from pg_backup.config import load_config
+    from pg_backup.core.config import load_config
 
     return load_config(args.config).target(args.target)
 
@@ -132,8 +83,8 @@ def _load_target(args: argparse.Namespace) -> Any:
 def _list(args: argparse.Namespace) -> int:
     import json
 
-    from pg_backup.storage import open_storage
-    from pg_backup.sweep import inventory
+    from pg_backup.adapters.catalog import inventory
+    from pg_backup.adapters.storage import open_storage
 
     cfg = _load_target(args)
     store = open_storage(cfg.storage)
@@ -154,128 +105,121 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _identities(args: argparse.Namespace, cfg: Any) -> list[str]:
-    from pg_backup.drill import DrillError, identities_from_connection, split_identities
+def _runtime(args: argparse.Namespace, cfg: Any) -> Any:
+    """The target's resources; the private keys from ``--identity`` when given."""
+    from pg_backup.core.errors import ConfigError
+    from pg_backup.core.keys import split_identities
+    from pg_backup.stages.runtime import Runtime
 
-    if args.identity:
-        keys = split_identities(Path(args.identity).read_text())
-        if not keys:
-            raise DrillError(f"{args.identity} holds no AGE-SECRET-KEY-1... line")
-        return keys
-    return identities_from_connection(cfg.encryption.identity_conn_id)
+    if not args.identity:
+        return Runtime(cfg)
+    try:
+        found = split_identities(Path(args.identity).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--identity {args.identity}: {exc.strerror}") from None
+    if not found:
+        raise ConfigError(f"--identity {args.identity} holds no AGE-SECRET-KEY-1... line")
+    return Runtime(cfg, identities=found)
 
 
-def _fetch_and_open(args: argparse.Namespace, cfg: Any, work: Path) -> tuple[Any, dict[str, Any]]:
-    """Fetch, hash-check, decrypt and decompress one set into ``work``."""
-    import time
-
-    from pg_backup.drill import decompress_set, decrypt_set, fetch_set, load_manifest
-    from pg_backup.storage import open_storage
-
-    store = open_storage(cfg.storage)
-    manifest = load_manifest(store, cfg.name, args.backup_id)
-    started = time.monotonic()
-    fetched = fetch_set(store, manifest, work)
-    print(
-        f"fetched   {manifest.data.bytes / 1e6:,.1f} MB, sha256 matches the manifest "
-        f"({fetched['seconds']:.1f} s)",
-        flush=True,
-    )
-    decrypted = decrypt_set(work, fetched, _identities(args, cfg), manifest)
-    print(f"decrypted with the private key ({decrypted['seconds']:.1f} s)", flush=True)
-    opened = decompress_set(work, decrypted)
-    print(
-        f"decompressed {manifest.dump_bytes / 1e6:,.1f} MB dump ({opened['seconds']:.1f} s, "
-        f"{time.monotonic() - started:.1f} s so far)",
-        flush=True,
-    )
-    return manifest, {"decrypted": decrypted, "opened": opened}
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _verify(args: argparse.Namespace) -> int:
     import tempfile
 
+    from pg_backup.stages.retrieve import open_set
+
     cfg = _load_target(args)
+    rt = _runtime(args, cfg)
     with tempfile.TemporaryDirectory(prefix="pg-backup-verify-") as tmp:
-        manifest, _ = _fetch_and_open(args, cfg, Path(tmp))
+        manifest, _, _ = open_set(
+            rt.storage, cfg.name, args.backup_id, rt.identities, Path(tmp), _say
+        )
     print(f"ok: {manifest.backup_id} is intact and decrypts (no restore done)")
     return 0
 
 
-def _restore_target(args: argparse.Namespace, cfg: Any) -> Any:
-    from pg_backup.pgconn import PgEndpoint, endpoint
+def _restore_target(args: argparse.Namespace) -> Any:
+    from pg_backup.adapters.pgconn import PgEndpoint, endpoint
+    from pg_backup.core.errors import ConfigError
 
     into = args.into
-    if "=" in into or "://" in into:
-        from psycopg.conninfo import conninfo_to_dict
+    if "=" not in into and "://" not in into:
+        return endpoint(into)
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
 
+    try:
         fields = {k: str(v) for k, v in conninfo_to_dict(into).items() if v is not None}
-        if not fields.get("dbname"):
-            raise SystemExit("error: --into names no database (dbname=...)")
-        options: dict[str, str] = {k: fields[k] for k in ("sslmode", "sslrootcert") if k in fields}
-        return PgEndpoint(
-            conn_id="--into",
-            host=fields.get("host", ""),
-            port=int(fields.get("port", 5432)),
-            user=fields.get("user") or os.environ.get("USER", ""),
-            dbname=fields["dbname"],
-            # Children get a scrubbed libpq environment, so an operator's PGPASSWORD is carried
-            # over explicitly (still through the environment, never argv).
-            password=fields.get("password") or os.environ.get("PGPASSWORD"),
-            options=options,
-        )
-    return endpoint(into)
+    except ProgrammingError:
+        raise ConfigError(
+            "--into is not a libpq connection string: write it like "
+            "'host=db.example.org dbname=restored' (the password goes in PGPASSWORD)"
+        ) from None
+    if not fields.get("dbname"):
+        raise ConfigError("--into names no database: add dbname=... to it")
+    options: dict[str, str] = {k: fields[k] for k in ("sslmode", "sslrootcert") if k in fields}
+    return PgEndpoint(
+        conn_id="--into",
+        host=fields.get("host", ""),
+        port=int(fields.get("port", 5432)),
+        user=fields.get("user") or os.environ.get("USER", ""),
+        dbname=fields["dbname"],
+        # Children get a scrubbed libpq environment, so an operator's PGPASSWORD is carried
+        # over explicitly (still through the environment, never argv).
+        password=fields.get("password") or os.environ.get("PGPASSWORD"),
+        options=options,
+    )
+
+
+def _source_or_none(rt: Any) -> Any:
+    """The source endpoint, or None when its connection is not defined (the worst day)."""
+    from pg_backup.core.errors import ConnectionConfigError
+
+    try:
+        return rt.source
+    except ConnectionConfigError:
+        return None
 
 
 def _restore(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from pg_backup.drill import expected_counts
-    from pg_backup.pgconn import endpoint
-    from pg_backup.restore import create_database, refuse_source, restore_dump
-    from pg_backup.verify import compare_database, format_differences
+    from pg_backup.adapters.databases import Databases
+    from pg_backup.core.counts import format_differences
+    from pg_backup.core.errors import RestoreError
+    from pg_backup.stages import retrieve
+    from pg_backup.stages.verify import compare_database
 
     cfg = _load_target(args)
-    target = _restore_target(args, cfg)
-    try:
-        source = endpoint(cfg.source_conn_id)
-    except Exception:  # noqa: BLE001 - the source connection may be gone on the worst day
-        source = None
-    if source is not None:
-        refuse_source(target.with_db("postgres"), source, target.dbname)
-    server = target.with_db("postgres")
-    with server.connect(autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (target.dbname,)
-        ).fetchone()
-    if exists:
-        with target.connect(autocommit=True) as conn:
-            relations = conn.execute(
-                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relkind IN ('r', 'p', 'm', 'v', 'S') AND n.nspname NOT LIKE 'pg\\_%%' "
-                "AND n.nspname <> 'information_schema'"
-            ).fetchone()[0]
-        if relations and not args.force:
-            print(
-                f"error: database {target.describe()} exists and holds {relations} relation(s); "
-                "restore into a new or empty database, or pass --force to drop and recreate it",
-                file=sys.stderr,
+    rt = _runtime(args, cfg)
+    target = _restore_target(args)
+    databases = Databases(target.with_db("postgres"), _source_or_none(rt))
+    databases.guard(target.dbname)
+    exists = databases.exists(target.dbname)
+    if exists and not args.force:
+        relations = databases.user_relations(target.dbname)
+        if relations:
+            raise RestoreError(
+                f"database {target.describe()} exists and holds {relations} relation(s); "
+                "restore into a new or empty database, or pass --force to drop and recreate it"
             )
-            return 2
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pg-backup-restore-") as tmp:
         work = Path(tmp)
-        manifest, opened = _fetch_and_open(args, cfg, work)
+        manifest, decrypted, opened = retrieve.open_set(
+            rt.storage, cfg.name, args.backup_id, rt.identities, work, _say
+        )
         if not exists or args.force:
-            create_database(server, target.dbname)
-            print(f"created   database {target.describe()}", flush=True)
-        # db.dump: a custom-format file, or a packed directory dump restore_dump unpacks.
-        dump_name = opened["opened"]["dump"]["name"]
-        seconds = restore_dump(target, str(work / dump_name), args.jobs, cfg.dump.pg_bin_dir)
-        print(f"restored  with pg_restore -j {args.jobs} ({seconds:.1f} s)", flush=True)
-        expected = expected_counts(work, opened["decrypted"])
-    result = compare_database(target, expected, cfg.dump.schemas, cfg.dump.exclude_schemas)
+            databases.create(target.dbname)
+            _say(f"created   database {target.describe()}")
+        restored = retrieve.restore(target, work, opened, cfg, args.jobs)
+        _say(f"restored  with pg_restore -j {args.jobs} ({restored.seconds:.1f} s)")
+        expected = retrieve.expected_counts(work, decrypted)
+    result = compare_database(target, expected, cfg)
     total = time.monotonic() - started
     if not result.ok:
         print(format_differences(result.differences))
@@ -331,28 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``pg-backup`` console script."""
-    from pg_backup.config import ConfigError
-    from pg_backup.drill import DrillError
-    from pg_backup.pgconn import ConnectionConfigError
-    from pg_backup.restore import RestoreError
-    from pg_backup.storage import StorageError
-    from pg_backup.tools import ToolFailed
+    """Entry point of the ``pg-backup`` console script.
+
+    Exit codes: 0 done, 1 a check or verification failed, 2 an error an operator can fix (one
+    line on stderr naming the problem and the fix, no traceback).
+    """
+    from pg_backup.core.errors import PgBackupError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (
-        ConfigError,
-        DrillError,
-        ConnectionConfigError,
-        ConnectionError,
-        RestoreError,
-        StorageError,
-        ToolFailed,
-    ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except PgBackupError as exc:
+        print(f"error: {exc.summary}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -109,10 +109,10 @@ def _airflow(args: list[str], env: dict[str, str], log: Path) -> None:
 
 
 def _summary(config: Path) -> dict[str, Any]:
-    from pg_backup.config import load_config
-    from pg_backup.layout import MANIFEST_OBJECT, VERIFICATION_OBJECT
-    from pg_backup.manifest import Manifest, Verification
-    from pg_backup.storage import open_storage
+    from pg_backup.adapters.storage import open_storage
+    from pg_backup.core.config import load_config
+    from pg_backup.core.layout import MANIFEST_OBJECT, VERIFICATION_OBJECT
+    from pg_backup.core.manifest import Manifest, Verification
 
     cfg = load_config(config).target(TARGET)
     store = open_storage(cfg.storage)

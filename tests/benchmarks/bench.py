@@ -12,7 +12,7 @@ repetition to the next, so a noisy neighbour does not always hit the same scenar
   S   a bound, not ours: pg_dump -Fc -Z0 | zstd -3 | age to a file in one streaming pass
   D   our stages dump -> compress -> encrypt -> upload (file://), one fresh process each;
       D-s3 is the same set uploaded to a local S3 server instead; D-j2 uses dump.jobs=2
-  E   pg_restore -j2 of B into a fresh database; E-ours: our restore + verify_counts of D's
+  E   pg_restore -j2 of B into a fresh database; E-ours: our restore + verify of D's
       staged dump (E-ours-j2: of D-j2's)
   F   the whole backup DAG under dag.test() (preflight .. verify, teardowns): what Airflow adds
 
@@ -53,8 +53,8 @@ LABELS = {
     "D-s3": "ours: the same, upload to the local S3 server",
     "D-j2": "ours with dump.jobs=2 (directory format, packed)",
     "E": "pg_restore -j2 of B into a fresh database",
-    "E-ours": "ours: restore (pg_restore -j2) + verify_counts",
-    "E-ours-j2": "ours: restore + verify_counts of the jobs=2 set",
+    "E-ours": "ours: restore (pg_restore -j2) + verify",
+    "E-ours-j2": "ours: restore + verify of the jobs=2 set",
     "F": "the whole DAG under dag.test()",
 }
 STAGES = ("dump", "compress", "encrypt", "upload")
@@ -216,7 +216,7 @@ class SizeBench:
         self.config.write_text(yaml.safe_dump({"targets": targets}))
 
     def _run_info(self, target: str, rep: int, staging_of: str | None = None) -> dict[str, Any]:
-        from pg_backup import layout
+        from pg_backup.core import layout
 
         when = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=rep)
         backup = layout.backup_id(target, when, "scheduled")
@@ -381,7 +381,7 @@ class SizeBench:
         return self._ours(rep, "benchj2", "D-j2")
 
     def run_f(self, rep: int) -> list[Result]:
-        from pg_backup import layout
+        from pg_backup.core import layout
 
         records = self.work / "records" / f"F-{rep}"
         shutil.rmtree(records, ignore_errors=True)

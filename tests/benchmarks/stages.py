@@ -20,29 +20,15 @@ from typing import Any
 
 
 def _load(spec: dict[str, Any]) -> tuple[Any, Any]:
-    from pg_backup.config import load_config
-    from pg_backup.layout import RunInfo
+    from pg_backup.core.config import load_config
+    from pg_backup.core.layout import RunInfo
 
     cfg = load_config(Path(spec["config"])).target(spec["target"])
-    return cfg, RunInfo(**spec["run"])
-
-
-def _endpoints(spec: dict[str, Any]) -> None:
-    """Resolve the two connection ids of the bench config without Airflow."""
-    from pg_backup import restore, verify
-    from pg_backup.pgconn import PgEndpoint
-
-    known = {name: PgEndpoint(conn_id=name, **fields) for name, fields in spec["pg"].items()}
-
-    def endpoint(conn_id: str) -> PgEndpoint:
-        return known[conn_id]
-
-    restore.endpoint = endpoint  # type: ignore[assignment]
-    verify.endpoint = endpoint  # type: ignore[assignment]
+    return cfg, RunInfo.from_xcom(spec["run"])
 
 
 def _store(spec: dict[str, Any], cfg: Any) -> Any:
-    from pg_backup.storage import S3Storage, open_storage
+    from pg_backup.adapters.storage import S3Storage, open_storage
 
     if not cfg.storage.url.startswith("s3://"):
         return open_storage(cfg.storage)
@@ -74,70 +60,57 @@ def _record(spec: dict[str, Any], name: str) -> Any:
     return json.loads((Path(spec["records"]) / f"{name}.json").read_text())
 
 
+def _runtime(spec: dict[str, Any], cfg: Any, run: Any) -> Any:
+    """The stage's resources, given directly: endpoints from the spec, a plain boto3 client."""
+    from pg_backup.adapters.pgconn import PgEndpoint
+    from pg_backup.stages.runtime import Runtime
+
+    known = {name: PgEndpoint(conn_id=name, **fields) for name, fields in spec["pg"].items()}
+    return Runtime(
+        cfg,
+        run,
+        source=known[cfg.source_conn_id],
+        scratch=known[cfg.scratch_conn_id],
+        storage=_store(spec, cfg),
+    )
+
+
 def run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Run one stage; return its XCom-like record."""
+    from pg_backup.core.records import DumpResult, EncryptResult, RestoreResult, StagedFile
+
     cfg, run = _load(spec)
-    if stage == "dump":
-        from pg_backup.dump import run_dump
-        from pg_backup.pgconn import PgEndpoint
-
-        source = PgEndpoint(conn_id=cfg.source_conn_id, **spec["pg"][cfg.source_conn_id])
-        return run_dump(cfg, run, source=source).to_xcom()
-    if stage == "compress":
-        from pg_backup.compress import compress_dump
-        from pg_backup.staging import StagedFile
-
-        staged = StagedFile.from_xcom(_record(spec, "dump")["dump"])
-        return compress_dump(cfg, run, staged).to_xcom()
-    if stage == "encrypt":
-        from pg_backup.encrypt import encrypt_set
-        from pg_backup.staging import StagedFile
-
-        data, tables = encrypt_set(
-            cfg,
-            run,
-            StagedFile.from_xcom(_record(spec, "compress")),
-            StagedFile.from_xcom(_record(spec, "dump")["tables"]),
-        )
-        return {"data": data.to_xcom(), "tables": tables.to_xcom()}
-    if stage == "upload":
-        from pg_backup.dump import DumpResult
-        from pg_backup.staging import StagedFile
-        from pg_backup.upload import upload_set
-
-        encrypted = _record(spec, "encrypt")
-        return upload_set(
-            cfg,
-            run,
-            DumpResult.from_xcom(_record(spec, "dump")),
-            StagedFile.from_xcom(encrypted["data"]),
-            StagedFile.from_xcom(encrypted["tables"]),
-            store=_store(spec, cfg),
-        ).to_xcom()
-    if stage == "restore":
-        from pg_backup.dump import DumpResult
-        from pg_backup.restore import restore_staged
-
-        _endpoints(spec)
-        dumped = DumpResult.from_xcom(_record(spec, "dump"))
-        return restore_staged(cfg, run, dumped.dump, spec["database"]).to_xcom()
-    if stage == "verify":
-        from pg_backup.dump import DumpResult
-        from pg_backup.verify import verify_counts
-
-        _endpoints(spec)
-        restored = _record(spec, "restore")
-        record = verify_counts(
-            cfg,
-            run,
-            DumpResult.from_xcom(_record(spec, "dump")),
-            restored["database"],
-            restored["seconds"],
-            store=_store(spec, cfg),
-        )
-        return record.model_dump(mode="json")
     if stage == "dagtest":
         return _dag_test(spec, cfg)
+    rt = _runtime(spec, cfg, run)
+    if stage == "dump":
+        from pg_backup.stages.dump import run_dump
+
+        return run_dump(rt).to_xcom()
+    dumped = DumpResult.from_xcom(_record(spec, "dump"))
+    if stage == "compress":
+        from pg_backup.stages.compress import compress_dump
+
+        return compress_dump(rt, dumped.dump).to_xcom()
+    if stage == "encrypt":
+        from pg_backup.stages.encrypt import encrypt_set
+
+        return encrypt_set(
+            rt, StagedFile.from_xcom(_record(spec, "compress")), dumped.tables
+        ).to_xcom()
+    if stage == "upload":
+        from pg_backup.stages.upload import upload_set
+
+        return upload_set(rt, dumped, EncryptResult.from_xcom(_record(spec, "encrypt"))).to_xcom()
+    if stage == "restore":
+        from pg_backup.stages.restore import restore_staged
+
+        return restore_staged(rt, dumped, spec["database"]).to_xcom()
+    if stage == "verify":
+        from pg_backup.stages.verify import verify_restore
+
+        restored = RestoreResult.from_xcom(_record(spec, "restore"))
+        return verify_restore(rt, dumped, restored).model_dump(mode="json")
     raise SystemExit(f"unknown stage {stage!r}")
 
 
@@ -147,7 +120,7 @@ def _dag_test(spec: dict[str, Any], cfg: Any) -> dict[str, Any]:
 
     from airflow.utils.session import create_session
 
-    from pg_backup.dag_factory import build_backup_dag
+    from pg_backup.dags.backup import build_backup_dag
 
     when = datetime.fromisoformat(spec["run_after"])
     dag_run = build_backup_dag(cfg, "scheduled").test(run_after=when, logical_date=when)

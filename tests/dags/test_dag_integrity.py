@@ -31,20 +31,10 @@ SWEEPS = [f"pg_retention_sweep_{t}" for t in TARGETS]
 DRILLS = [f"pg_restore_drill_{t}" for t in TARGETS]
 ALL_DAGS = SCHEDULED + EMERGENCY + SWEEPS + DRILLS
 TEARDOWNS = {"drop_scratch_db", "cleanup_staging"}
-# Stage modules that pull in psycopg, boto3, zstandard or subprocess tooling: tasks only.
-STAGE_MODULES = {
-    "pg_backup.compress",
-    "pg_backup.dump",
-    "pg_backup.pgconn",
-    "pg_backup.preflight",
-    "pg_backup.restore",
-    "pg_backup.retention",
-    "pg_backup.sample_db",
-    "pg_backup.storage",
-    "pg_backup.tools",
-    "pg_backup.upload",
-    "pg_backup.verify",
-}
+# The layers that do I/O (psycopg, boto3, zstandard, subprocesses) load in tasks only; parsing
+# may import the mail wrapper, which builds the failure and SLA callbacks.
+IO_LAYERS = ("pg_backup.stages", "pg_backup.adapters", "pg_backup.sample_db")
+PARSE_ALLOWED = {"pg_backup.adapters", "pg_backup.adapters.notify"}
 
 
 def config_document(base: Path, recipient: str) -> dict[str, Any]:
@@ -237,8 +227,9 @@ def test_dag_file_import_stays_light(config_file: Path, tmp_path: Path) -> None:
     assert seen["dags"] == sorted(ALL_DAGS)
     # Heavy libraries the DAG file itself brings in (beyond what `import airflow.sdk` loads).
     assert seen["new"] == [], f"parse-time imports: {seen['new']}"
-    # zstandard is preloaded by Airflow (httpx), so also check the stage modules stay unloaded.
-    assert STAGE_MODULES.isdisjoint(seen["pg_backup"]), seen["pg_backup"]
+    # zstandard is preloaded by Airflow (httpx), so also check the I/O layers stay unloaded.
+    loaded = [m for m in seen["pg_backup"] if m.startswith(IO_LAYERS) and m not in PARSE_ALLOWED]
+    assert loaded == [], loaded
 
 
 # --- house rules, per DAG -----------------------------------------------------------------
@@ -307,3 +298,17 @@ def test_emergency_dag_is_manual_with_trigger_form(dagbag: Any, target: str) -> 
     assert defaults["verify"] is True
     assert defaults["keep_days"] == TARGETS[target]["keep_days"]
     assert d.params.get_param("keep_days").schema["minimum"] == 1
+
+
+@pytest.mark.parametrize("dag_id", SCHEDULED + EMERGENCY)
+def test_every_stage_is_a_task_named_after_it(dagbag: Any, dag_id: str) -> None:
+    """Task ids are the stage names and carry that stage's timeout: budget mail follows them."""
+    from pg_backup.core.config import load_config
+    from pg_backup.core.names import BackupTask, Stage
+
+    d = dag(dagbag, dag_id)
+    target = next(t for t in TARGETS if dag_id.endswith(f"_{t}"))
+    timeouts = load_config().target(target).timeouts
+    for stage in Stage:
+        assert d.get_task(stage.value).execution_timeout == getattr(timeouts, stage.value)
+    assert {t.value for t in BackupTask} | {s.value for s in Stage} == set(d.task_ids)

@@ -88,7 +88,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """
     from pyrage import x25519
 
-    from pg_backup.config import load_config
+    from pg_backup.core.config import load_config
 
     text = CONFIG.read_text()
     if PLACEHOLDER not in text:
@@ -280,7 +280,7 @@ def test_scripts_parse_and_one_shots_read_their_files(compose: dict[str, Any]) -
 
 def test_compose_config_validates_once_the_key_is_set(config: Any) -> None:
     """deploy/compose/pg_backup.yaml loads with a real key; as shipped only the key is wrong."""
-    from pg_backup.config import ConfigError, load_config
+    from pg_backup.core.config import ConfigError, load_config
 
     assert set(config.targets) == {"voting"}
     if PLACEHOLDER not in CONFIG.read_text():
@@ -295,7 +295,7 @@ def test_airflow_services_get_every_variable_the_package_reads(
     compose: dict[str, Any], config: Any
 ) -> None:
     """Config path, airflow.sh's required variables and every config connection are provided."""
-    from pg_backup.config import CONFIG_ENV
+    from pg_backup.core.config import CONFIG_ENV
 
     envs = {name: airflow_env(compose, name) for name in AIRFLOW_SERVICES}
     first = next(iter(envs.values()))
@@ -325,8 +325,8 @@ def test_connections_parse_as_airflow_connections(
     compose: dict[str, Any], config: Any, env_example: dict[str, str]
 ) -> None:
     """Every AIRFLOW_CONN_* parses with Airflow's Connection and points at the right service."""
-    from pg_backup.pgconn import endpoint_from_connection
-    from pg_backup.preflight import check_not_source
+    from pg_backup.adapters.pgconn import endpoint_from_connection
+    from pg_backup.stages.preflight import check_not_source
 
     services = compose["services"]
     env = {**airflow_env(compose), **services[CLI_SERVICE]["environment"]}
@@ -449,7 +449,7 @@ def test_healthchecks_guard_every_dependency(raw: dict[str, Any]) -> None:
 
 # --- S3 permissions ----------------------------------------------------------------------------
 
-# IAM actions each S3 client call of pg_backup.storage needs (HEAD is authorised as GET).
+# IAM actions each S3 client call of pg_backup.adapters.storage needs (HEAD is authorised as GET).
 S3_ACTIONS = {
     "upload_file": {"s3:PutObject", "s3:AbortMultipartUpload"},
     "put_object": {"s3:PutObject"},
@@ -501,9 +501,10 @@ def allowed(policy: dict[str, Any]) -> dict[str, set[str]]:
 
 def test_s3_policies_cover_every_s3_call_and_no_more() -> None:
     """Writer and sweeper policies grant what storage.py calls, deletes only where needed."""
-    from pg_backup import layout, upload
+    from pg_backup.core import layout
+    from pg_backup.stages import upload
 
-    storage = (REPO / "plugins" / "pg_backup" / "storage.py").read_text()
+    storage = (REPO / "plugins" / "pg_backup" / "adapters" / "storage.py").read_text()
     calls = set(re.findall(r"self\.client\.([a-z_0-9]+)", storage))
     calls |= set(re.findall(r'get_paginator\("([a-z_0-9]+)"\)', storage))
     calls -= {"get_paginator"}

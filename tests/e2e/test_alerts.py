@@ -39,7 +39,7 @@ STAGES = [
     "upload",
     "create_scratch_db",
     "restore",
-    "verify_counts",
+    "verify",
     "drop_scratch_db",
     "cleanup_staging",
 ]
@@ -307,7 +307,7 @@ def test_permanent_dump_failure_mails_once_after_last_retry(airflow_stack: Stack
     states = {t: ti["state"] for t, ti in tis.items()}
     assert ended["state"] == "failed", states
     assert states["preflight"] == "success" and states["dump"] == "failed", states
-    for task in ("compress", "encrypt", "upload", "restore", "verify_counts"):
+    for task in ("compress", "encrypt", "upload", "restore", "verify"):
         assert states[task] == "upstream_failed", states
     # Retried: three tries in all (retries: 2), every one failed.
     assert tis["dump"]["try_number"] == 3

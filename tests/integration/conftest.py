@@ -87,7 +87,7 @@ class Harness:
         return {"targets": {self.name: _merge(target, self.overrides)}}
 
     def write_config(self, **overrides: Any) -> Any:
-        from pg_backup.config import load_config
+        from pg_backup.core.config import load_config
 
         self.overrides = _merge(self.overrides, overrides)
         self.config_path.write_text(yaml.safe_dump(self.config_doc()))
@@ -95,7 +95,7 @@ class Harness:
         return load_config(self.config_path).target(self.name)
 
     def dag(self, kind: str = "scheduled") -> Any:
-        from pg_backup.dag_factory import build_backup_dag
+        from pg_backup.dags.backup import build_backup_dag
 
         return build_backup_dag(self.write_config(), kind)  # type: ignore[arg-type]
 
@@ -107,7 +107,7 @@ class Harness:
 
     def run_info(self, kind: str = "scheduled") -> Any:
         """A RunInfo as the DAG would derive it, for driving stage functions directly."""
-        from pg_backup import layout
+        from pg_backup.core import layout
 
         self._clock += timedelta(hours=1)
         backup = layout.backup_id(self.name, self._clock, kind)  # type: ignore[arg-type]
@@ -122,7 +122,7 @@ class Harness:
         )
 
     def storage(self) -> Any:
-        from pg_backup.storage import open_storage
+        from pg_backup.adapters.storage import open_storage
 
         return open_storage(self.write_config().storage)
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from pg_backup import layout
-from pg_backup.manifest import Emergency, Manifest, ObjectEntry, Verification
-from pg_backup.retention import BackupSet
+from pg_backup.core import layout
+from pg_backup.core.manifest import Emergency, Manifest, ObjectEntry, Verification
+from pg_backup.core.retention import BackupSet
 
 
 def _recipient() -> str:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pg_backup import layout
+from pg_backup.core import layout
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, REPO, pg_conn_json, psql
 from tests.integration.conftest import task_states
 
@@ -121,7 +121,8 @@ def test_verify_with_wrong_key_fails_clearly(backed_up, tmp_path):
     key = tmp_path / "other.txt"
     key.write_text(str(x25519.Identity.generate()) + "\n")
     done = cli(h, "verify", h.name, backup, "--identity", str(key))
-    assert done.returncode == 1
+    assert done.returncode == 2  # an operator's mistake: one line, exit 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert h.age.public in done.stderr and "AGE-SECRET-KEY" not in done.stderr
 
 

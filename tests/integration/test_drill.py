@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from pg_backup import layout
+from pg_backup.core import layout
 from tests.conftest import psql
 from tests.integration.conftest import task_states
 
@@ -36,7 +36,7 @@ def identity_conn(age_keys):
 
 
 def _drill(h, conf=None):
-    from pg_backup.dag_drill import build_drill_dag
+    from pg_backup.dags.drill import build_drill_dag
 
     cfg = h.write_config()
     h._clock += timedelta(hours=1)
@@ -102,7 +102,9 @@ def test_flipped_byte_in_storage_is_caught_by_the_hash(harness_factory, identity
     doc = _report(h, run)
     assert doc["outcome"] == "failed"
     assert "fetch did not complete" in doc["backups"][0]["error"]
-    from pg_backup.drill import DrillError, fetch_set, load_manifest
+    from pg_backup.core.errors import DrillError
+    from pg_backup.stages.retrieve import fetch as fetch_set
+    from pg_backup.stages.retrieve import load_manifest
 
     manifest = load_manifest(store, h.name, doc["backups"][0]["backup_id"])
     with pytest.raises(DrillError) as err:
@@ -121,7 +123,10 @@ def test_wrong_identity_names_the_recipients(harness_factory, identity_conn):
     )
     run = _drill(h)
     assert task_states(run)["decrypt"] == "failed"
-    from pg_backup.drill import DrillError, decrypt_set, fetch_set, load_manifest
+    from pg_backup.core.errors import DrillError
+    from pg_backup.stages.retrieve import decrypt as decrypt_set
+    from pg_backup.stages.retrieve import fetch as fetch_set
+    from pg_backup.stages.retrieve import load_manifest
 
     store = h.storage()
     backup = _report(h, run)["backups"][0]["backup_id"]

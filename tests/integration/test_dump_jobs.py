@@ -13,9 +13,11 @@ from datetime import timedelta
 
 import pytest
 
-from pg_backup import layout
-from pg_backup.dump import DUMP_DIR, counts_from_json
-from pg_backup.manifest import Manifest, Verification
+from pg_backup.core import layout
+from pg_backup.core.counts import counts_from_json
+from pg_backup.core.layout import DUMP_DIR
+from pg_backup.core.manifest import Manifest, Verification
+from pg_backup.stages.runtime import Runtime
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 from tests.integration.conftest import objects, task_states
 
@@ -29,8 +31,8 @@ def _only_set(h):
 
 
 def _counts(db):
-    from pg_backup.dump import count_relations
-    from pg_backup.pgconn import PgEndpoint
+    from pg_backup.adapters.pgconn import PgEndpoint
+    from pg_backup.core.counts import count_relations
 
     with PgEndpoint("x", PG_HOST, PG_PORT, PG_USER, db).connect(autocommit=True) as conn:
         return {c.key: c.rows for c in count_relations(conn.cursor(), [], [])}
@@ -92,12 +94,12 @@ def test_jobs2_set_is_verified_and_restores_with_stock_tools(harness_factory, tm
 
 def test_jobs2_packed_dump_layout_and_default_is_custom(harness_factory):
     """jobs=2 packs toc.dat first under db.dump.d/; jobs=1 still writes the custom format."""
-    from pg_backup.dump import pg_dump_argv, run_dump
+    from pg_backup.stages.dump import pg_dump_argv, run_dump
 
     h = harness_factory("file")
     cfg = h.write_config(dump={"jobs": 2})
     run = h.run_info()
-    dumped = run_dump(cfg, run)
+    dumped = run_dump(Runtime(cfg, run))
     path = run.staging_path / layout.DUMP_FILE
     assert dumped.dump_format == "directory" and dumped.dump.bytes == path.stat().st_size
     with tarfile.open(path) as tar:
@@ -114,28 +116,28 @@ def test_jobs2_packed_dump_layout_and_default_is_custom(harness_factory):
         "--snapshot=SNAP",
     ]
     run = h.run_info()
-    dumped = run_dump(cfg, run)
+    dumped = run_dump(Runtime(cfg, run))
     assert dumped.dump_format == "custom"
     assert (run.staging_path / layout.DUMP_FILE).read_bytes()[:5] == b"PGDMP"
 
 
 def test_changed_packed_dump_is_refused_by_restore(harness_factory):
     """A changed byte in the packed dump fails the restore with both hashes, nothing left over."""
-    from pg_backup.dump import run_dump
-    from pg_backup.restore import restore_staged
-    from pg_backup.staging import StagedFileError
+    from pg_backup.adapters.staging import StagedFileError
+    from pg_backup.stages.dump import run_dump
+    from pg_backup.stages.restore import restore_staged
 
     h = harness_factory("file")
     cfg = h.write_config(dump={"jobs": 2})
     run = h.run_info()
-    dumped = run_dump(cfg, run)
+    dumped = run_dump(Runtime(cfg, run))
     path = run.staging_path / layout.DUMP_FILE
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside a data file: the tar still parses
     path.write_bytes(bytes(data))
     changed = hashlib.sha256(data).hexdigest()
     with pytest.raises(StagedFileError) as err:
-        restore_staged(cfg, run, dumped.dump, layout.scratch_db_name(run.backup_id))
+        restore_staged(Runtime(cfg, run), dumped, layout.scratch_db_name(run.backup_id))
     assert changed in str(err.value) and dumped.dump.sha256 in str(err.value)
     assert not (run.staging_path / DUMP_DIR).exists()
 
@@ -176,7 +178,7 @@ def test_jobs2_set_restores_with_the_cli(harness_factory, age_keys, make_db):
 
 def test_jobs2_set_passes_the_restore_drill(harness_factory, age_keys):
     """The weekly drill fetches, decrypts, unpacks and restores a directory set."""
-    from pg_backup.dag_drill import build_drill_dag
+    from pg_backup.dags.drill import build_drill_dag
 
     os.environ["AIRFLOW_CONN_PGB_TEST_JOBS_IDENTITY"] = json.dumps(
         {"conn_type": "generic", "password": age_keys.secret}

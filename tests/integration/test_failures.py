@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 
-from pg_backup import layout
+from pg_backup.core import layout
+from pg_backup.core.keys import parse_recipients
+from pg_backup.core.records import EncryptResult
+from pg_backup.stages.runtime import Runtime
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, free_port, psql
 from tests.integration.conftest import Harness, task_states
 
@@ -28,7 +31,7 @@ CREATE TABLE public.audit (at timestamptz DEFAULT now(), entry text);
 INSERT INTO public.audit (entry) SELECT 'e' || i FROM generate_series(1, 150) i;
 """
 
-STAGES = ["dump", "compress", "encrypt", "upload", "create_scratch_db", "restore", "verify_counts"]
+STAGES = ["dump", "compress", "encrypt", "upload", "create_scratch_db", "restore", "verify"]
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -121,15 +124,14 @@ def row_counts(db: str) -> dict[str, int]:
 
 def stage_until_encrypted(cfg: Any, run: layout.RunInfo) -> tuple[Any, Any, Any]:
     """Run dump, compress and encrypt directly; return (dumped, data, tables) records."""
-    from pg_backup.compress import compress_file
-    from pg_backup.dump import run_dump
-    from pg_backup.encrypt import encrypt_file
+    from pg_backup.adapters.streams import compress_file, encrypt_file
+    from pg_backup.stages.dump import run_dump
 
-    dumped = run_dump(cfg, run)
+    dumped = run_dump(Runtime(cfg, run))
     compressed = compress_file(
         run.staging_path / layout.DUMP_FILE, dumped.dump, run.staging_path / layout.COMPRESSED_FILE
     )
-    recipients = list(cfg.encryption.recipients)
+    recipients = parse_recipients(cfg.encryption.recipients)
     data = encrypt_file(
         run.staging_path / layout.COMPRESSED_FILE,
         compressed,
@@ -160,7 +162,7 @@ def flip_byte(path: Path, offset: int | None = None) -> str:
 
 def test_malformed_recipient_fails_config_load_naming_field(harness_factory):
     """A malformed age recipient fails config loading naming the field; nothing written."""
-    from pg_backup.config import ConfigError, load_config
+    from pg_backup.core.config import ConfigError, load_config
 
     h = harness_factory("file", schema="")
     with pytest.raises(ConfigError) as err:
@@ -229,18 +231,17 @@ def test_scratch_equal_to_source_fails_preflight_source_untouched(harness_factor
 
 def test_changed_staged_file_is_refused_by_next_stage(harness_factory):
     """Each stage refuses a changed staged input, naming the file and both hashes."""
-    from pg_backup.compress import compress_file
-    from pg_backup.dump import run_dump
-    from pg_backup.encrypt import encrypt_file
-    from pg_backup.staging import StagedFileError
-    from pg_backup.upload import upload_set
+    from pg_backup.adapters.staging import StagedFileError
+    from pg_backup.adapters.streams import compress_file, encrypt_file
+    from pg_backup.stages.dump import run_dump
+    from pg_backup.stages.upload import upload_set
 
     h = harness_factory("file", schema=SMALL_SCHEMA)
     cfg = h.write_config()
     run = h.run_info()
     staging = run.staging_path
 
-    dumped = run_dump(cfg, run)
+    dumped = run_dump(Runtime(cfg, run))
     dump_path = staging / layout.DUMP_FILE
     changed_sha = flip_byte(dump_path)
     with pytest.raises(StagedFileError) as err:
@@ -253,10 +254,10 @@ def test_changed_staged_file_is_refused_by_next_stage(harness_factory):
     assert not list(staging.glob("*.part")), list(staging.iterdir())
 
     # The restore stage checks the dump the same way before pg_restore sees it.
-    from pg_backup.restore import restore_staged
+    from pg_backup.stages.restore import restore_staged
 
     with pytest.raises(StagedFileError, match=re.escape(changed_sha)):
-        restore_staged(cfg, run, dumped.dump, layout.scratch_db_name(run.backup_id))
+        restore_staged(Runtime(cfg, run), dumped, layout.scratch_db_name(run.backup_id))
 
     # Put the byte back: the chain goes on, then the compressed file is changed.
     flip_byte(dump_path)
@@ -267,7 +268,7 @@ def test_changed_staged_file_is_refused_by_next_stage(harness_factory):
             staging / layout.COMPRESSED_FILE,
             compressed,
             staging / layout.ENCRYPTED_FILE,
-            list(cfg.encryption.recipients),
+            parse_recipients(cfg.encryption.recipients),
         )
     assert compressed.sha256 in str(err.value)
     assert changed_sha in str(err.value)
@@ -275,7 +276,7 @@ def test_changed_staged_file_is_refused_by_next_stage(harness_factory):
 
     # And the upload refuses a changed encrypted file: no data object, no manifest.
     flip_byte(staging / layout.COMPRESSED_FILE, offset=100)
-    recipients = list(cfg.encryption.recipients)
+    recipients = parse_recipients(cfg.encryption.recipients)
     data = encrypt_file(
         staging / layout.COMPRESSED_FILE, compressed, staging / layout.ENCRYPTED_FILE, recipients
     )
@@ -287,7 +288,7 @@ def test_changed_staged_file_is_refused_by_next_stage(harness_factory):
     )
     changed_sha = flip_byte(staging / layout.ENCRYPTED_FILE)
     with pytest.raises(StagedFileError, match=re.escape(changed_sha)):
-        upload_set(cfg, run, dumped, data, tables)
+        upload_set(Runtime(cfg, run), dumped, EncryptResult(data=data, tables=tables))
     assert set_keys(h) == []
     assert_nothing_partial(h)
 
@@ -297,15 +298,15 @@ def test_changed_staged_file_is_refused_by_next_stage(harness_factory):
 
 def test_restore_into_conflicting_database_fails_with_pg_restore_messages(harness_factory, make_db):
     """A conflicting table makes restore_dump fail carrying pg_restore's own messages."""
-    from pg_backup.dump import run_dump
-    from pg_backup.pgconn import endpoint
-    from pg_backup.restore import restore_dump
-    from pg_backup.tools import ToolFailed
+    from pg_backup.adapters.pg_restore import restore_dump
+    from pg_backup.adapters.pgconn import endpoint
+    from pg_backup.adapters.tools import ToolFailed
+    from pg_backup.stages.dump import run_dump
 
     h = harness_factory("file", schema=SMALL_SCHEMA)
     cfg = h.write_config()
     run = h.run_info()
-    dumped = run_dump(cfg, run)
+    dumped = run_dump(Runtime(cfg, run))
     target = make_db("pgbt_conflict")
     psql('CREATE TABLE public."Vote" (id text, weight numeric, note text)', target)
 
@@ -325,8 +326,9 @@ def test_restore_into_conflicting_database_fails_with_pg_restore_messages(harnes
 
 def test_check_extensions_names_the_missing_extension(scratch_conn):
     """check_extensions against the real scratch server names an extension it does not have."""
-    from pg_backup.pgconn import endpoint
-    from pg_backup.restore import RestoreError, check_extensions
+    from pg_backup.adapters.pg_restore import check_extensions
+    from pg_backup.adapters.pgconn import endpoint
+    from pg_backup.core.errors import RestoreError
 
     server = endpoint("pgb_test_scratch")
     check_extensions(server, ["plpgsql", "citext"])  # both available: no error
@@ -360,7 +362,7 @@ def test_restore_task_fails_on_pg_restore_error_and_leaves_no_scratch_db(
             states
         )
         assert states["restore"] == "failed", states
-        assert states["verify_counts"] == "upstream_failed", states
+        assert states["verify"] == "upstream_failed", states
         assert states["drop_scratch_db"] == "success", states  # the teardown still ran
         assert try_numbers(run)["restore"] == 3
         log = logged(capfd, caplog)
@@ -387,8 +389,8 @@ def test_restore_task_fails_on_pg_restore_error_and_leaves_no_scratch_db(
 
 def test_upload_to_stopped_s3_endpoint_fails_without_manifest(harness_factory, s3_server):
     """With the S3 endpoint down the upload fails naming the endpoint; no manifest exists."""
-    from pg_backup.storage import StorageError, open_storage
-    from pg_backup.upload import upload_set
+    from pg_backup.adapters.storage import StorageError, open_storage
+    from pg_backup.stages.upload import upload_set
 
     h = harness_factory("s3", schema=SMALL_SCHEMA)
     cfg = h.write_config()
@@ -398,7 +400,7 @@ def test_upload_to_stopped_s3_endpoint_fails_without_manifest(harness_factory, s
     s3_server.stop()
     try:
         with pytest.raises(StorageError) as err:
-            upload_set(cfg, run, dumped, data, tables)
+            upload_set(Runtime(cfg, run), dumped, EncryptResult(data=data, tables=tables))
         assert s3_server.endpoint in str(err.value), str(err.value)
         # The data upload itself reports the unreachable store as a StorageError naming the
         # object it could not write.
@@ -415,8 +417,8 @@ def test_upload_to_stopped_s3_endpoint_fails_without_manifest(harness_factory, s
 
 def test_upload_interrupted_before_manifest_leaves_no_manifest(harness_factory, s3_server):
     """An upload dying just before the manifest leaves no manifest; a rerun completes the set."""
-    from pg_backup.storage import S3Storage, StorageError
-    from pg_backup.upload import upload_set
+    from pg_backup.adapters.storage import S3Storage, StorageError
+    from pg_backup.stages.upload import upload_set
 
     h = harness_factory("s3", schema=SMALL_SCHEMA)
     cfg = h.write_config()
@@ -434,7 +436,9 @@ def test_upload_interrupted_before_manifest_leaves_no_manifest(harness_factory, 
     store = StopsBeforeManifest(cfg.storage.url, cfg.storage, cfg.storage.aws_conn_id)
     try:
         with pytest.raises(StorageError) as err:
-            upload_set(cfg, run, dumped, data, tables, store=store)
+            upload_set(
+                Runtime(cfg, run, storage=store), dumped, EncryptResult(data=data, tables=tables)
+            )
     finally:
         s3_server.start()
     assert f"{run.prefix}{layout.MANIFEST_OBJECT}" in str(err.value)
@@ -445,7 +449,7 @@ def test_upload_interrupted_before_manifest_leaves_no_manifest(harness_factory, 
     assert_nothing_partial(h)
 
     # A retried upload rewrites the same set (same keys, no twin) and completes it.
-    upload_set(cfg, run, dumped, data, tables)
+    upload_set(Runtime(cfg, run), dumped, EncryptResult(data=data, tables=tables))
     assert set_keys(h) == sorted(
         prefix + name for name in (layout.DATA_OBJECT, layout.TABLES_OBJECT, layout.MANIFEST_OBJECT)
     )
@@ -470,7 +474,7 @@ def test_bad_emergency_params_rejected_naming_param(harness_factory, conf, param
     from airflow.sdk.definitions.param import ParamValidationError
     from airflow.utils.session import create_session
 
-    from pg_backup.dag_factory import check_emergency_params
+    from pg_backup.core.params import check_emergency_params
 
     h = harness_factory("file", schema="")
     dag = h.dag("emergency")

@@ -21,19 +21,22 @@ def test_killed_task_process_kills_pg_dump(make_db, tmp_path):
     locker = psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=db)
     locker.execute("DROP SEQUENCE probe")  # uncommitted: pg_dump waits on this lock
     script = textwrap.dedent(f"""
-        from pg_backup.config import parse_config
-        from pg_backup.dump import run_dump
-        from pg_backup.layout import RunInfo
-        from pg_backup.pgconn import PgEndpoint
+        from pg_backup.core.config import parse_config
+        from pg_backup.stages.dump import run_dump
+        from pg_backup.stages.runtime import Runtime
+        from pg_backup.core.layout import RunInfo
+        from pg_backup.adapters.pgconn import PgEndpoint
         from pyrage import x25519
         cfg = parse_config({{"targets": {{"k": {{
             "source_conn_id": "src", "scratch_conn_id": "scr",
             "storage": {{"url": "file://{tmp_path}/s"}},
             "encryption": {{"recipients": [str(x25519.Identity.generate().to_public())]}},
             "dump": {{"lock_wait_timeout": "5m"}}}}}}}}).target("k")
-        run = RunInfo("k", "scheduled", "k_20260101T000000Z_scheduled",
-                      "2026-01-01T00:00:00+00:00", "d", "r", "{tmp_path}/staging")
-        run_dump(cfg, run, PgEndpoint("src", "{PG_HOST}", {PG_PORT}, "{PG_USER}", "{db}"))
+        run = RunInfo(target="k", kind="scheduled", backup_id="k_20260101T000000Z_scheduled",
+                      taken_at="2026-01-01T00:00:00+00:00", dag_id="d", run_id="r",
+                      staging="{tmp_path}/staging")
+        source = PgEndpoint("src", "{PG_HOST}", {PG_PORT}, "{PG_USER}", "{db}")
+        run_dump(Runtime(cfg, run, source=source))
     """)
     env = dict(os.environ, PYTHONPATH=f"{REPO / 'plugins'}{os.pathsep}{REPO}")
     task = subprocess.Popen([sys.executable, "-c", script], env=env)

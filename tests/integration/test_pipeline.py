@@ -7,9 +7,9 @@ import subprocess
 import threading
 import time
 
-from pg_backup import layout
-from pg_backup.dump import counts_from_json
-from pg_backup.manifest import Manifest, Verification
+from pg_backup.core import layout
+from pg_backup.core.counts import counts_from_json
+from pg_backup.core.manifest import Manifest, Verification
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 from tests.integration.conftest import objects, task_states, xcoms
 
@@ -35,8 +35,8 @@ def _only_set(store):
 
 def _source_counts(db):
     """Exact counts of the rich schema's tables in the source right now."""
-    from pg_backup.dump import count_relations
-    from pg_backup.pgconn import PgEndpoint
+    from pg_backup.adapters.pgconn import PgEndpoint
+    from pg_backup.core.counts import count_relations
 
     src = PgEndpoint("src", PG_HOST, PG_PORT, PG_USER, db)
     with src.connect(autocommit=True) as conn, conn.cursor() as cur:
@@ -82,7 +82,7 @@ def test_full_pipeline_file_storage(harness_factory):
     assert event["verification"] == "verified"
     assert event["bytes"] == manifest.data.bytes
     values = xcoms(run)
-    assert values["verify_counts"]["status"] == "verified"
+    assert values["verify"]["status"] == "verified"
     assert values["upload"]["data_bytes"] == manifest.data.bytes
 
 
@@ -198,7 +198,7 @@ def test_emergency_without_verify_skips_restore(harness_factory):
     run = h.run("emergency", conf={"reason": "disk alarm", "verify": False})
     states = task_states(run)
     assert states["upload"] == "success"
-    assert states["restore"] == "skipped" and states["verify_counts"] == "skipped"
+    assert states["restore"] == "skipped" and states["verify"] == "skipped"
     assert states["cleanup_staging"] == "success"
     found, prefix, manifest = _only_set(h.storage())
     assert prefix + layout.VERIFICATION_OBJECT not in found

@@ -21,7 +21,8 @@ from typing import Any
 import psutil
 import pytest
 
-from pg_backup import layout
+from pg_backup.core import layout
+from pg_backup.stages.runtime import Runtime
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.integration.conftest import RICH_SCHEMA, Harness, task_states, xcoms
 
@@ -227,7 +228,7 @@ def assert_env_carries_password(seen: Seen, role: SecretRole) -> None:
 
 def test_pg_dump_argv_holds_no_password_while_it_runs(harness_factory, secret_role):
     """While pg_dump runs its /proc cmdline holds no password; its environ has PGPASSWORD."""
-    from pg_backup.dump import run_dump
+    from pg_backup.stages.dump import run_dump
 
     h = harness_factory(
         "file",
@@ -241,7 +242,7 @@ def test_pg_dump_argv_holds_no_password_while_it_runs(harness_factory, secret_ro
 
     def dump() -> None:
         try:
-            box["result"] = run_dump(cfg, run)
+            box["result"] = run_dump(Runtime(cfg, run))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             box["error"] = exc
 
@@ -304,7 +305,7 @@ def test_full_run_leaks_password_nowhere(harness_factory, secret_role, capfd, ca
 
     # XCom values, and every object in storage (manifest, verification, encrypted data).
     values = xcoms(run)
-    assert {"dump", "upload", "verify_counts"} <= set(values)
+    assert {"dump", "upload", "verify"} <= set(values)
     assert secret not in json.dumps(values, default=str)
     store = h.storage()
     stored = [o.key for o in store.list("")]

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from pg_backup import layout
-from pg_backup.manifest import Manifest
-from pg_backup.retention import Plan, plan_retention
-from pg_backup.storage import S3Storage, StorageError
-from pg_backup.sweep import policy_of
+from pg_backup.adapters.storage import S3Storage, StorageError
+from pg_backup.core import layout
+from pg_backup.core.manifest import Manifest
+from pg_backup.core.retention import Plan, plan_retention
+from pg_backup.stages.sweep import policy_of
 from tests.integration.conftest import Harness, task_states, xcoms
 from tests.integration.fake_sets import FakeSet, daily_history, write_set
 
@@ -40,7 +40,7 @@ def day(month: int, dom: int, hour: int = 2) -> datetime:
 
 def run_sweep(h: Harness, when: datetime = AS_OF, **conf: Any) -> Any:
     """Build pg_retention_sweep_<target> from the harness's config and run it once."""
-    from pg_backup.dag_sweep import build_sweep_dag
+    from pg_backup.dags.sweep import build_sweep_dag
 
     dag = build_sweep_dag(h.write_config())
     params = {"dry_run": False, "force": False, **conf}
@@ -211,7 +211,8 @@ def test_interrupted_sweep_is_finished_by_next_run(
     harness_factory, s3_server, deletes_before_outage
 ):
     """A sweep whose S3 endpoint vanishes mid-delete leaves half sets that the next sweep removes completely."""
-    from pg_backup.sweep import delete_sets, inventory, policy_of, utcnow
+    from pg_backup.adapters.catalog import inventory
+    from pg_backup.stages.sweep import delete_sets, policy_of, utcnow
 
     h = harness_factory("s3", schema="")
     cfg = h.write_config()

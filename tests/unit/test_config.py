@@ -1,4 +1,4 @@
-"""Tests for pg_backup.config: parsing, default merging, and error messages that name the fix."""
+"""Tests for pg_backup.core.config: parsing, default merging, and error messages that name the fix."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pg_backup.config import (
+from pg_backup.core.config import (
     CONFIG_ENV,
     ConfigError,
     load_config,

@@ -1,4 +1,4 @@
-"""Tests for pg_backup.layout: backup ids, key prefixes and scratch names derive from the run."""
+"""Tests for pg_backup.core.layout: backup ids, key prefixes and scratch names derive from the run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pg_backup.layout import (
+from pg_backup.core.layout import (
     backup_id,
     parse_backup_id,
     run_info,
@@ -127,7 +127,7 @@ def test_run_info_uses_run_after(tmp_path: Path) -> None:
     assert info.kind == "scheduled"
     assert info.staging_path == tmp_path / "voting" / info.backup_id
     assert info.prefix == f"voting/2025/03/09/{info.backup_id}/"
-    assert info.to_dict()["backup_id"] == info.backup_id
+    assert info.to_xcom()["backup_id"] == info.backup_id
     # Same run, asked again later (a retry): same id.
     again = run_info("voting", "scheduled", str(tmp_path), {"dag_run": dag_run})
     assert again == info

@@ -1,4 +1,4 @@
-"""Tests for pg_backup.manifest: strict, stable plaintext documents with no data about the data."""
+"""Tests for pg_backup.core.manifest: strict, stable plaintext documents with no data about the data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from pg_backup.manifest import Emergency, Manifest, ObjectEntry, Verification
+from pg_backup.core.manifest import Emergency, Manifest, ObjectEntry, Verification
 
 PREFIX = "voting/2025/03/09/voting_20250309T020000Z_emergency/"
 SHA = hashlib.sha256(b"data").hexdigest()

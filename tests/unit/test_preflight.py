@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pg_backup.pgconn import PgEndpoint, endpoint_from_connection
-from pg_backup.preflight import PreflightError, check_free_space, check_not_source, check_pg_dump
+from pg_backup.adapters.pgconn import PgEndpoint, endpoint_from_connection
+from pg_backup.stages.preflight import (
+    PreflightError,
+    check_free_space,
+    check_not_source,
+    check_pg_dump,
+)
 
 
 def ep(host="db.example.org", port=5432, db="voting", **kw):
@@ -18,7 +23,7 @@ def test_old_pg_dump_names_the_package_to_install():
         check_pg_dump(15, 17)
     assert str(err.value) == (
         "pg_dump 15 cannot dump a PostgreSQL 17 server: install postgresql-client-17 or set "
-        "pg_bin_dir"
+        "dump.pg_bin_dir"
     )
     check_pg_dump(17, 15)  # newer client is fine
     check_pg_dump(15, 15)

@@ -1,4 +1,4 @@
-"""Tests for pg_backup.retention: GFS retention planning and its safety rails."""
+"""Tests for pg_backup.core.retention: GFS retention planning and its safety rails."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pg_backup.retention import (
+from pg_backup.core.retention import (
     BackupSet,
     Kind,
     Plan,

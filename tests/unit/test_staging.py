@@ -1,4 +1,4 @@
-"""Tests for pg_backup.staging: atomic outputs, one-pass hashes, S3 checksums, progress lines."""
+"""Tests for pg_backup.adapters.staging: atomic outputs, one-pass hashes, S3 checksums, progress lines."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pg_backup.staging import (
+from pg_backup.adapters.staging import (
     HashingReader,
     HashingWriter,
     Progress,
@@ -85,7 +85,7 @@ def test_atomic_output_failure_keeps_previous_file(tmp_path: Path) -> None:
 def test_hashing_reader_accepts_matching_record(tmp_path: Path) -> None:
     """Reading exactly the recorded bytes passes the check."""
     data = payload(5000)
-    record = StagedFile("f", len(data), hashlib.sha256(data).hexdigest())
+    record = StagedFile(name="f", bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     reader = HashingReader(io.BytesIO(data))
     while reader.read(777):
         pass
@@ -112,7 +112,7 @@ def test_hashing_reader_check_names_both_hashes(tmp_path: Path) -> None:
     reader.read()
     path = tmp_path / "db.dump"
     with pytest.raises(StagedFileError) as info:
-        reader.check(path, StagedFile("db.dump", len(changed), recorded))
+        reader.check(path, StagedFile(name="db.dump", bytes=len(changed), sha256=recorded))
     message = str(info.value)
     assert recorded in message
     assert hashlib.sha256(changed).hexdigest() in message
@@ -125,7 +125,10 @@ def test_hashing_reader_check_catches_short_read(tmp_path: Path) -> None:
     reader = HashingReader(io.BytesIO(data))
     reader.read(1000)
     with pytest.raises(StagedFileError, match="expected 2000 bytes"):
-        reader.check(tmp_path / "f", StagedFile("f", 2000, hashlib.sha256(data).hexdigest()))
+        reader.check(
+            tmp_path / "f",
+            StagedFile(name="f", bytes=2000, sha256=hashlib.sha256(data).hexdigest()),
+        )
 
 
 @pytest.mark.parametrize("size", [PART, PART + 1, 3 * PART, 3 * PART + 17, 10 * PART - 1])
@@ -195,7 +198,7 @@ def _progress_lines(caplog: pytest.LogCaptureFixture, stage: str) -> list[str]:
 
 def test_progress_logs_every_interval(caplog: pytest.LogCaptureFixture) -> None:
     """With every=0 each update logs a line with bytes so far and the total."""
-    caplog.set_level(logging.INFO, logger="pg_backup.staging")
+    caplog.set_level(logging.INFO, logger="pg_backup.adapters.staging")
     progress = Progress("compress", total=3_000_000, every=0)
     for done in (1_000_000, 2_000_000, 3_000_000):
         progress.update(done)
@@ -207,7 +210,7 @@ def test_progress_logs_every_interval(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_progress_silent_within_interval(caplog: pytest.LogCaptureFixture) -> None:
     """Within the interval updates log nothing; the summary still logs exactly one line."""
-    caplog.set_level(logging.INFO, logger="pg_backup.staging")
+    caplog.set_level(logging.INFO, logger="pg_backup.adapters.staging")
     progress = Progress("encrypt", total=10, every=3600)
     for done in range(1000):
         progress.update(done)
@@ -220,7 +223,7 @@ def test_progress_silent_within_interval(caplog: pytest.LogCaptureFixture) -> No
 
 def test_s3_checksum_comparison_tolerates_a_missing_part_count() -> None:
     """A composite checksum matches with or without '-N'; another hash or part count does not."""
-    from pg_backup.storage import same_checksum
+    from pg_backup.adapters.storage import same_checksum
 
     assert same_checksum("abc=-2", "abc=-2")
     assert same_checksum("abc=", "abc=-2")  # moto's form of a multipart checksum
@@ -233,7 +236,7 @@ def test_progress_watching_logs_while_a_child_works(caplog: pytest.LogCaptureFix
     import logging
     import time
 
-    from pg_backup.staging import Progress
+    from pg_backup.adapters.staging import Progress
 
     progress = Progress("restore", every=0.05)
     calls: list[int] = []
@@ -242,7 +245,10 @@ def test_progress_watching_logs_while_a_child_works(caplog: pytest.LogCaptureFix
         calls.append(1)
         return 10_000_000 * len(calls)
 
-    with caplog.at_level(logging.INFO, logger="pg_backup.staging"), progress.watching(measure):
+    with (
+        caplog.at_level(logging.INFO, logger="pg_backup.adapters.staging"),
+        progress.watching(measure),
+    ):
         time.sleep(0.4)
     seen = len(calls)
     time.sleep(0.2)

@@ -1,9 +1,14 @@
-"""Tests for pg_backup.verify.compare_counts: exact counts, matview tolerance, readable output."""
+"""Tests for pg_backup.core.counts.compare_counts: exact counts, matview tolerance, readable output."""
 
 from __future__ import annotations
 
-from pg_backup.dump import LARGE_OBJECTS, TableCount
-from pg_backup.verify import Difference, compare_counts, format_differences
+from pg_backup.core.counts import (
+    LARGE_OBJECTS,
+    Difference,
+    TableCount,
+    compare_counts,
+    format_differences,
+)
 
 
 def t(name: str, rows: int, schema: str = "public") -> TableCount:

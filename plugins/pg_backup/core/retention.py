@@ -11,14 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-Kind = Literal["scheduled", "emergency"]
-Status = Literal["verified", "failed", "unverified", "incomplete"]
-
-KINDS: tuple[str, ...] = get_args(Kind)
-STATUSES: tuple[str, ...] = get_args(Status)
+from pg_backup.core.names import KINDS, STATUSES, Kind, Status
 
 RULE_NEWER_THAN_RUN = "newer than run"
 RULE_NEWEST_VERIFIED = "newest verified"

@@ -23,6 +23,13 @@ from pydantic import (
     model_validator,
 )
 
+from pg_backup.core.errors import ConfigError
+from pg_backup.core.keys import check_recipient
+from pg_backup.core.names import Stage, dag_ids
+from pg_backup.core.params import KEEP_DAYS_MAX, KEEP_DAYS_MIN
+
+__all__ = ["Config", "ConfigError", "TargetConfig", "load_config", "parse_config"]
+
 CONFIG_ENV = "PG_BACKUP_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "dags" / "pg_backup.yaml"
 
@@ -30,10 +37,6 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB|K|M|G|T)?\s*$", re.I)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing or invalid; the message says where and how to fix it."""
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -142,8 +145,6 @@ class EncryptionConfig(_Model):
     @classmethod
     def _recipients(cls, values: list[str]) -> list[str]:
         # Pure Python: pyrage is imported by the tasks that encrypt, never at parse time.
-        from pg_backup.encrypt import check_recipient
-
         for index, value in enumerate(values):
             check_recipient(value, field=f"[{index}]")
         return values
@@ -174,7 +175,7 @@ class AlertsConfig(_Model):
 
 
 class Timeouts(_Model):
-    """execution_timeout per stage: the hard stop for a hung stage."""
+    """execution_timeout per stage (field names are the ``Stage`` names) and for teardowns."""
 
     preflight: Duration = timedelta(minutes=10)
     dump: Duration = timedelta(hours=6)
@@ -189,6 +190,10 @@ class Timeouts(_Model):
 class Budgets(_Model):
     """Time a stage is expected to take; over it, one email (the stage keeps running)."""
 
+    def of(self, stage: Stage) -> timedelta:
+        """The budget of one stage."""
+        return getattr(self, stage.value)  # type: ignore[no-any-return]
+
     preflight: Duration = timedelta(minutes=2)
     dump: Duration = timedelta(minutes=30)
     compress: Duration = timedelta(minutes=15)
@@ -196,18 +201,6 @@ class Budgets(_Model):
     upload: Duration = timedelta(minutes=30)
     restore: Duration = timedelta(minutes=45)
     verify: Duration = timedelta(minutes=15)
-
-
-# task id -> the budget/timeout field that governs it
-STAGE_OF_TASK = {
-    "preflight": "preflight",
-    "dump": "dump",
-    "compress": "compress",
-    "encrypt": "encrypt",
-    "upload": "upload",
-    "restore": "restore",
-    "verify_counts": "verify",
-}
 
 
 class RetentionConfig(_Model):
@@ -254,7 +247,7 @@ class DrillConfig(_Model):
 class EmergencyConfig(_Model):
     """Defaults of the manual emergency DAG's trigger form."""
 
-    keep_days: int = Field(90, ge=1, le=36500)
+    keep_days: int = Field(90, ge=KEEP_DAYS_MIN, le=KEEP_DAYS_MAX)
 
 
 class TargetConfig(_Model):
@@ -307,8 +300,8 @@ class TargetConfig(_Model):
 
     @model_validator(mode="after")
     def _budgets_below_timeouts(self) -> TargetConfig:
-        for stage in STAGE_OF_TASK.values():
-            budget, timeout = getattr(self.budgets, stage), getattr(self.timeouts, stage)
+        for stage in Stage:
+            budget, timeout = self.budgets.of(stage), getattr(self.timeouts, stage.value)
             if budget >= timeout:
                 raise ValueError(
                     f"budgets.{stage} ({budget}) must be shorter than timeouts.{stage} "
@@ -437,9 +430,25 @@ def parse_config(raw: Any, path: str = "<config>") -> Config:
                     problem = _describe(dict(error), where)
                     if problem not in problems:  # a bad default is reported once, not per target
                         problems.append(problem)
+    problems += _dag_id_clashes(list(resolved))
     if problems:
         raise ConfigError(f"invalid pg_backup config {path}:\n  " + "\n  ".join(problems))
     return Config(path=path, targets=resolved)
+
+
+def _dag_id_clashes(names: list[str]) -> list[str]:
+    """Targets whose DAG ids collide (``x``'s emergency DAG is ``emergency_x``'s daily one)."""
+    owner: dict[str, str] = {}
+    problems = []
+    for name in names:
+        for dag_id in dag_ids(name):
+            other = owner.setdefault(dag_id, name)
+            if other != name:
+                problems.append(
+                    f"targets.{name}: its DAG {dag_id} is also a DAG of target {other!r}; "
+                    "rename one of the two targets"
+                )
+    return problems
 
 
 def config_path() -> Path:

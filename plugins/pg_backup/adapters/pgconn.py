@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from pg_backup.core.errors import ConnectionConfigError, DatabaseUnreachable
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -25,10 +27,6 @@ _LIBPQ_EXTRAS = {
     "application_name": "PGAPPNAME",
 }
 _LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
-
-
-class ConnectionConfigError(ValueError):
-    """An Airflow connection cannot describe a PostgreSQL database."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ class PgEndpoint:
         try:
             return psycopg.connect(**self.connect_kwargs(), **kwargs)
         except psycopg.OperationalError as exc:
-            raise ConnectionError(
+            raise DatabaseUnreachable(
                 f"cannot connect to PostgreSQL {self.describe()} (connection {self.conn_id!r}): "
                 f"{_first_line(exc)}"
             ) from None

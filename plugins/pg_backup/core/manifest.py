@@ -7,15 +7,26 @@ about the data itself (table names, counts) lives in the encrypted tables.json.a
 from __future__ import annotations
 
 import json
-from typing import Final, Literal
+from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from pg_backup.core.names import DumpFormat, Kind
 
 FORMAT: Final = "pg_backup/1"
 
 
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        """Stable JSON encoding."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Parse and validate."""
+        return cls.model_validate_json(data)
 
 
 class ObjectEntry(_Doc):
@@ -40,7 +51,7 @@ class Manifest(_Doc):
     format: Literal["pg_backup/1"] = FORMAT
     backup_id: str
     target: str
-    kind: Literal["scheduled", "emergency"]
+    kind: Kind
     dag_id: str
     run_id: str
     taken_at: str
@@ -49,7 +60,7 @@ class Manifest(_Doc):
     pg_dump_version: str
     package_version: str
     # "directory": pg_dump --format=directory --jobs, packed as one tar (dump.jobs > 1).
-    dump_format: Literal["custom", "directory"] = "custom"
+    dump_format: DumpFormat = "custom"
     compression: str
     encryption: Literal["age-x25519"] = "age-x25519"
     recipients: list[str]
@@ -57,15 +68,6 @@ class Manifest(_Doc):
     data: ObjectEntry
     tables: ObjectEntry
     emergency: Emergency | None = None
-
-    def to_bytes(self) -> bytes:
-        """Stable JSON encoding."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Manifest:
-        """Parse and validate."""
-        return cls.model_validate_json(data)
 
 
 class Verification(_Doc):
@@ -81,12 +83,3 @@ class Verification(_Doc):
     warnings: int = Field(ge=0)
     restore_seconds: float = Field(ge=0)
     verify_seconds: float = Field(ge=0)
-
-    def to_bytes(self) -> bytes:
-        """Stable JSON encoding."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Verification:
-        """Parse and validate."""
-        return cls.model_validate_json(data)

@@ -8,31 +8,14 @@ that are being replaced.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any
 
-from pg_backup import layout
-from pg_backup.config import TargetConfig
-from pg_backup.dump import DumpResult
-from pg_backup.layout import RunInfo
-from pg_backup.manifest import Emergency, Manifest, ObjectEntry
-from pg_backup.staging import StagedFile
-from pg_backup.storage import Storage, open_storage, retain_until
+from pg_backup.adapters.storage import retain_until
+from pg_backup.core import layout
+from pg_backup.core.manifest import Emergency, Manifest, ObjectEntry
+from pg_backup.core.records import DumpResult, EncryptResult, UploadResult
+from pg_backup.stages.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    """Where the set went."""
-
-    location: str
-    data_bytes: int
-    data_sha256: str
-
-    def to_xcom(self) -> dict[str, Any]:
-        """A JSON-able dict for XCom."""
-        return asdict(self)
 
 
 def package_version() -> str:
@@ -46,16 +29,11 @@ def package_version() -> str:
 
 
 def upload_set(
-    cfg: TargetConfig,
-    run: RunInfo,
-    dumped: DumpResult,
-    data: StagedFile,
-    tables: StagedFile,
-    emergency: Emergency | None = None,
-    store: Storage | None = None,
+    rt: Runtime, dumped: DumpResult, encrypted: EncryptResult, emergency: Emergency | None = None
 ) -> UploadResult:
     """Upload one backup set and prove every object arrived as staged."""
-    store = store or open_storage(cfg.storage)
+    cfg, run, store = rt.cfg, rt.run, rt.storage
+    data, tables = encrypted.data, encrypted.tables
     prefix = run.prefix
     for stale in (layout.MANIFEST_OBJECT, layout.VERIFICATION_OBJECT):
         if store.exists(prefix + stale):

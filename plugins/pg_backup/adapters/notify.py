@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pg_backup.config import TargetConfig
+from pg_backup.core.config import TargetConfig
 
 _BODY = """
 <p>Backup target <b>{target}</b>: task <b>{{{{ ti.task_id }}}}</b> of DAG

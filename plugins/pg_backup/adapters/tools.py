@@ -18,25 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from pg_backup.core.errors import ToolFailed, ToolNotFound
+
 _PR_SET_PDEATHSIG = 1
 # Variables a child must not inherit: stray libpq settings would silently change what it
 # connects to, and Airflow connection URIs carry passwords pg_dump has no use for.
 _SCRUB_PREFIXES = ("PG", "AIRFLOW_CONN_", "AIRFLOW__DATABASE__", "AIRFLOW__CORE__FERNET")
-
-
-class ToolNotFound(RuntimeError):
-    """A PostgreSQL client program is not installed where we looked."""
-
-
-class ToolFailed(RuntimeError):
-    """A client program exited non-zero; the message carries its stderr."""
-
-    def __init__(self, tool: str, returncode: int, stderr: str, hint: str = ""):
-        self.tool = tool
-        self.returncode = returncode
-        self.stderr = stderr
-        tail = "\n".join(stderr.strip().splitlines()[-40:]) or "(no output on stderr)"
-        super().__init__(f"{tool} exited with code {returncode}{hint}:\n{tail}")
 
 
 def tool_path(name: str, pg_bin_dir: str | None = None) -> str:

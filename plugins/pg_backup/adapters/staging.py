@@ -16,41 +16,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from pg_backup.core.errors import StagedFileError
+from pg_backup.core.records import StagedFile
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 PROGRESS_EVERY = 30.0
-
-
-class StagedFileError(RuntimeError):
-    """A staged file is missing or differs from what its producer recorded."""
-
-
-@dataclass(frozen=True)
-class StagedFile:
-    """A file in the staging directory, as its producer wrote it (an XCom-sized record)."""
-
-    name: str
-    bytes: int
-    sha256: str
-    seconds: float = 0.0
-    # S3's checksum of a multipart upload is a hash of part hashes; computed while writing
-    # so the upload can be proven against the store's own acknowledgement without a reread.
-    part_size: int | None = None
-    composite_sha256: str | None = None
-
-    def to_xcom(self) -> dict[str, Any]:
-        """A JSON-able dict for XCom."""
-        return asdict(self)
-
-    @classmethod
-    def from_xcom(cls, data: dict[str, Any]) -> StagedFile:
-        """Rebuild from an XCom dict."""
-        return cls(**data)
 
 
 class Progress:

@@ -19,15 +19,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pg_backup import staging
-from pg_backup.config import StorageConfig
-from pg_backup.staging import HashingReader, HashingWriter, Progress, StagedFile
+from pg_backup.adapters import staging
+from pg_backup.adapters.staging import HashingReader, HashingWriter, Progress
+from pg_backup.core.config import StorageConfig
+from pg_backup.core.errors import StorageError
+from pg_backup.core.records import StagedFile
 
 log = logging.getLogger(__name__)
-
-
-class StorageError(RuntimeError):
-    """The store refused, could not be reached, or holds something other than what we sent."""
 
 
 @dataclass(frozen=True)

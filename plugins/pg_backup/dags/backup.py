@@ -1,0 +1,244 @@
+"""Wiring of ``pg_backup_<target>`` and ``pg_backup_emergency_<target>``.
+
+Each task unpacks its upstream records, calls one package function and returns a record.
+Nothing here touches a connection, a database or the network: that happens when tasks run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from pg_backup.adapters.notify import deadline_alerts
+from pg_backup.core import params
+from pg_backup.core.config import TargetConfig
+from pg_backup.core.layout import run_info
+from pg_backup.core.names import BackupTask, Kind, Stage, backup_dag_id
+from pg_backup.dags.common import BackupDAG, backup_asset, dag_settings
+
+DOC_BACKUP = """
+### Verified PostgreSQL backup of `{target}`
+
+preflight → dump (exported snapshot + exact counts) → compress (zstd) → encrypt (age) →
+upload (data, tables, manifest last) → restore into `pgb_verify_<backup id>` → verify counts.
+Teardowns always drop the scratch database and clear staging (kept when a stage failed).
+
+* Storage: `{storage}`
+* Source connection: `{source}`, scratch connection: `{scratch}`
+* A green run means: the set is in storage, and its dump restored with exactly the rows of
+  the snapshot. Each success adds an event to the asset `{asset}` (Assets view = backup history).
+"""
+
+DOC_EMERGENCY = """
+### Emergency backup of `{target}` (manual)
+
+Press **Trigger**, give a reason, and the same stages as `pg_backup_{target}` run at once.
+The set is tagged `emergency` and kept `keep_days` days, apart from the daily rotation.
+Untick `verify` only when there is no time for the verification restore.
+"""
+
+TASK_DOCS = {
+    Stage.PREFLIGHT: "Source reachable, pg_dump new enough, scratch server is not the source, "
+    "storage writable, staging space enough, recipients parse. Writes nothing.",
+    Stage.DUMP: "pg_dump -Fc under an exported snapshot; exact row counts in that snapshot.",
+    Stage.COMPRESS: "zstd over all cores; checks the dump's sha256 while reading it.",
+    Stage.ENCRYPT: "age to the configured public keys; checks the input's sha256 while reading.",
+    Stage.UPLOAD: "Data object, tables.json.age, then manifest.json; each proven by size and "
+    "checksum.",
+    BackupTask.CREATE_SCRATCH_DB: "Setup: an empty pgb_verify_<backup id> database on the "
+    "scratch server.",
+    Stage.RESTORE: "pg_restore -j into the scratch database; any error fails with its messages.",
+    Stage.VERIFY: "Restored counts == snapshot counts for every relation; writes "
+    "verification.json; emits the asset event.",
+    BackupTask.DROP_SCRATCH_DB: "Teardown: drops the scratch database, whatever happened.",
+    BackupTask.CLEANUP_STAGING: "Teardown: removes the run's staging files once the set is "
+    "complete; keeps them after a failure for inspection (the retention sweep removes them "
+    "later).",
+}
+
+
+def emergency_params(cfg: TargetConfig) -> dict[str, Param]:
+    """The trigger form of the emergency DAG (ranges from ``core.params``)."""
+    return {
+        "reason": Param(
+            type="string",
+            minLength=1,
+            maxLength=params.REASON_MAX,
+            pattern=r"\S",
+            title="Reason",
+            description="Why this backup is taken now (kept in the manifest).",
+        ),
+        "verify": Param(
+            True,
+            type="boolean",
+            title="Verify by restoring",
+            description="Restore into a scratch database and compare exact row counts.",
+        ),
+        "keep_days": Param(
+            cfg.emergency.keep_days,
+            type="integer",
+            minimum=params.KEEP_DAYS_MIN,
+            maximum=params.KEEP_DAYS_MAX,
+            title="Keep days",
+            description="How long the retention sweep keeps this emergency set.",
+        ),
+    }
+
+
+def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
+    """``pg_backup_<target>`` (scheduled) or ``pg_backup_emergency_<target>`` (manual)."""
+    emergency = kind == "emergency"
+    asset = backup_asset(cfg.name)
+    timeouts = cfg.timeouts
+
+    def runtime(context: dict[str, Any]) -> Any:
+        from pg_backup.stages.runtime import Runtime
+
+        return Runtime(cfg, run_info(cfg.name, kind, cfg.staging_dir, context))
+
+    def verifying(context: dict[str, Any]) -> bool:
+        return params.wants_verification(context["params"]) if emergency else True
+
+    def stage(name: Stage, **kwargs: Any) -> Any:
+        return task(
+            task_id=name.value,
+            execution_timeout=getattr(timeouts, name.value),
+            doc_md=TASK_DOCS[name],
+            **kwargs,
+        )
+
+    def side_task(name: BackupTask) -> Any:
+        return task(task_id=name.value, execution_timeout=timeouts.teardown, doc_md=TASK_DOCS[name])
+
+    with BackupDAG(
+        dag_id=backup_dag_id(cfg.name, kind),
+        **dag_settings(cfg, kind, None if emergency else cfg.schedule),
+        params=emergency_params(cfg) if emergency else {},
+        doc_md=(DOC_EMERGENCY if emergency else DOC_BACKUP).format(
+            target=cfg.name,
+            storage=cfg.storage.url,
+            source=cfg.source_conn_id,
+            scratch=cfg.scratch_conn_id,
+            asset=asset.name,
+        ),
+        deadline=deadline_alerts(cfg) or None,
+    ) as dag:
+
+        @stage(Stage.PREFLIGHT)
+        def preflight(**context: Any) -> dict[str, Any]:
+            from pg_backup.stages.preflight import run_preflight
+
+            if emergency:
+                params.check_emergency_params(context["params"])
+            return run_preflight(runtime(context)).to_xcom()
+
+        @stage(Stage.DUMP)
+        def dump(**context: Any) -> dict[str, Any]:
+            from pg_backup.stages.dump import run_dump
+
+            return run_dump(runtime(context)).to_xcom()
+
+        @stage(Stage.COMPRESS)
+        def compress(dumped: dict[str, Any], **context: Any) -> dict[str, Any]:
+            from pg_backup.core.records import DumpResult
+            from pg_backup.stages.compress import compress_dump
+
+            return compress_dump(runtime(context), DumpResult.from_xcom(dumped).dump).to_xcom()
+
+        @stage(Stage.ENCRYPT)
+        def encrypt(compressed: dict[str, Any], dumped: dict[str, Any], **context: Any) -> dict:
+            from pg_backup.core.records import DumpResult, StagedFile
+            from pg_backup.stages.encrypt import encrypt_set
+
+            return encrypt_set(
+                runtime(context),
+                StagedFile.from_xcom(compressed),
+                DumpResult.from_xcom(dumped).tables,
+            ).to_xcom()
+
+        @stage(Stage.UPLOAD)
+        def upload(dumped: dict[str, Any], encrypted: dict[str, Any], **context: Any) -> dict:
+            from pg_backup.core.records import DumpResult, EncryptResult
+            from pg_backup.stages.upload import upload_set
+
+            marker = None
+            if emergency:
+                user = getattr(context["dag_run"], "triggering_user_name", None)
+                marker = params.emergency_marker(context["params"], user)
+            return upload_set(
+                runtime(context),
+                DumpResult.from_xcom(dumped),
+                EncryptResult.from_xcom(encrypted),
+                emergency=marker,
+            ).to_xcom()
+
+        @side_task(BackupTask.CREATE_SCRATCH_DB)
+        def create_scratch_db(dumped: dict[str, Any], **context: Any) -> str:
+            from pg_backup.core.records import DumpResult
+            from pg_backup.stages.restore import create_scratch_db as create
+
+            if not verifying(context):
+                raise AirflowSkipException("verify=false: no verification restore")
+            return create(runtime(context), DumpResult.from_xcom(dumped))
+
+        @stage(Stage.RESTORE)
+        def restore(dumped: dict[str, Any], database: str, **context: Any) -> dict[str, Any]:
+            from pg_backup.core.records import DumpResult
+            from pg_backup.stages.restore import restore_staged
+
+            return restore_staged(
+                runtime(context),
+                DumpResult.from_xcom(dumped),
+                database,
+                attempt=context["ti"].try_number,
+            ).to_xcom()
+
+        @stage(Stage.VERIFY, outlets=[asset])
+        def verify(
+            dumped: dict[str, Any], restored: dict[str, Any], uploaded: dict[str, Any], **context
+        ) -> dict[str, Any]:
+            from pg_backup.core.records import DumpResult, RestoreResult, UploadResult
+            from pg_backup.stages.verify import asset_event, verify_restore
+
+            rt = runtime(context)
+            record = verify_restore(
+                rt, DumpResult.from_xcom(dumped), RestoreResult.from_xcom(restored)
+            )
+            context["outlet_events"][asset].extra = asset_event(
+                rt, UploadResult.from_xcom(uploaded), record
+            )
+            return record.model_dump(mode="json")
+
+        @side_task(BackupTask.DROP_SCRATCH_DB)
+        def drop_scratch_db(**context: Any) -> bool:
+            from pg_backup.stages.restore import drop_scratch_db as drop
+
+            return drop(runtime(context))
+
+        @side_task(BackupTask.CLEANUP_STAGING)
+        def cleanup_staging(**context: Any) -> str:
+            from pg_backup.stages.cleanup import cleanup_staging as cleanup
+
+            # The set is complete when its last task recorded a result.
+            last = Stage.VERIFY if verifying(context) else Stage.UPLOAD
+            return cleanup(runtime(context), bool(context["ti"].xcom_pull(task_ids=last.value)))
+
+        checked = preflight()
+        dumped = dump()
+        compressed = compress(dumped)
+        encrypted = encrypt(compressed, dumped)
+        uploaded = upload(dumped, encrypted)
+        scratch = create_scratch_db(dumped)
+        restored = restore(dumped, scratch)
+        verified = verify(dumped, restored, uploaded)
+        dropped = drop_scratch_db().as_teardown(setups=scratch)
+        cleaned = cleanup_staging().as_teardown(setups=checked)
+
+        checked >> dumped
+        uploaded >> scratch
+        verified >> dropped
+        [verified, dropped] >> cleaned
+
+    return dag

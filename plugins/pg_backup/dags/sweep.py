@@ -1,0 +1,152 @@
+"""Wiring of ``pg_retention_sweep_<target>``: inventory, plan, delete, housekeeping, freshness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from pg_backup.core.config import TargetConfig
+from pg_backup.core.layout import run_time
+from pg_backup.core.names import SweepTask, sweep_dag_id
+from pg_backup.dags.common import dag_settings
+
+DOC = """
+### Retention sweep of `{target}`
+
+Grandfather-father-son over **verified** sets: the newest verified set of each of the last
+{daily} days, {weekly} ISO weeks and {monthly} months; emergency sets for their own keep_days;
+failed, unverified and incomplete sets for {grace} days. Rails: never the newest verified set,
+never fewer than {min_verified} verified sets, no plan deleting more than {fraction:.0%} of the
+sets unless triggered with `force`, no deletes at all if the listing holds no manifest.
+
+Trigger with `dry_run` to see the plan (in the `plan` task's log) without deleting anything.
+`check_freshness` fails and mails when the newest verified backup is older than {freshness}.
+"""
+
+TASK_DOCS = {
+    SweepTask.INVENTORY: "Lists every set under the target and classifies it (verified, "
+    "failed, unverified, incomplete; scheduled or emergency).",
+    SweepTask.PLAN: "Pure retention plan, logged as a table; refuses (fails) when a rail is hit.",
+    SweepTask.DELETE: "Deletes planned sets (data first, manifest last); Object-Locked sets are "
+    "kept and reported. Does nothing on dry_run.",
+    SweepTask.HOUSEKEEPING: "Aborts multipart uploads older than a day; removes staging leftovers.",
+    SweepTask.CHECK_FRESHNESS: "Fails, and mails once, when the newest verified backup is too old.",
+    SweepTask.REPORT: "Stores the plan and what was done as JSON beside the drill reports.",
+}
+
+
+def freshness_callback(cfg: TargetConfig) -> Any:
+    """After the last retry of check_freshness: mail that backups are stale (None: no mail)."""
+
+    def notify(context: dict[str, Any]) -> None:
+        from pg_backup.stages.sweep import freshness_mail
+
+        run = context["dag_run"]
+        freshness_mail(cfg, str(context.get("exception") or "unknown"), run.dag_id, run.run_id)
+
+    return notify if cfg.alerts.emails else None
+
+
+def build_sweep_dag(cfg: TargetConfig) -> DAG:
+    """``pg_retention_sweep_<target>``."""
+    r = cfg.retention
+
+    def runtime() -> Any:
+        from pg_backup.stages.runtime import Runtime
+
+        return Runtime(cfg)
+
+    def step(name: SweepTask, **kwargs: Any) -> Any:
+        timeout = cfg.timeouts.upload if name == SweepTask.DELETE else cfg.timeouts.teardown
+        return task(task_id=name.value, execution_timeout=timeout, doc_md=TASK_DOCS[name], **kwargs)
+
+    with DAG(
+        dag_id=sweep_dag_id(cfg.name),
+        **dag_settings(cfg, "retention", r.schedule),
+        params={
+            "dry_run": Param(
+                False,
+                type="boolean",
+                title="Dry run",
+                description="Plan and report, delete nothing.",
+            ),
+            "force": Param(
+                False,
+                type="boolean",
+                title="Force",
+                description="Allow a plan that deletes more than "
+                f"{r.max_delete_fraction:.0%} of the sets.",
+            ),
+        },
+        doc_md=DOC.format(
+            target=cfg.name,
+            daily=r.daily,
+            weekly=r.weekly,
+            monthly=r.monthly,
+            grace=r.grace_days,
+            min_verified=r.min_verified,
+            fraction=r.max_delete_fraction,
+            freshness=r.freshness,
+        ),
+    ) as dag:
+
+        @step(SweepTask.INVENTORY)
+        def inventory() -> dict[str, Any]:
+            from pg_backup.stages.sweep import take_inventory
+
+            return take_inventory(runtime()).to_xcom()
+
+        @step(SweepTask.PLAN)
+        def plan(found: dict[str, Any], **context: Any) -> dict[str, Any]:
+            from pg_backup.adapters.catalog import Inventory
+            from pg_backup.stages.sweep import plan as make_plan
+
+            return make_plan(
+                runtime(),
+                Inventory.from_xcom(found),
+                run_time(context),
+                force=bool(context["params"]["force"]),
+            )
+
+        @step(SweepTask.DELETE)
+        def delete(found: dict[str, Any], planned: dict[str, Any], **context: Any) -> dict:
+            from pg_backup.adapters.catalog import Inventory
+            from pg_backup.stages.sweep import delete as delete_planned
+
+            return delete_planned(
+                runtime(),
+                Inventory.from_xcom(found),
+                planned,
+                dry_run=bool(context["params"]["dry_run"]),
+            ).to_xcom()
+
+        @step(SweepTask.HOUSEKEEPING)
+        def housekeeping(**context: Any) -> dict[str, Any]:
+            from pg_backup.stages.sweep import housekeeping as tidy
+
+            return tidy(runtime(), dry_run=bool(context["params"]["dry_run"]))
+
+        @step(SweepTask.CHECK_FRESHNESS, on_failure_callback=freshness_callback(cfg))
+        def check_freshness(found: dict[str, Any], **context: Any) -> str:
+            from pg_backup.adapters.catalog import Inventory
+            from pg_backup.stages.sweep import check_freshness as check
+
+            return check(Inventory.from_xcom(found), run_time(context), r.freshness)
+
+        @step(SweepTask.REPORT)
+        def report(
+            planned: dict[str, Any], deleted: dict[str, Any], kept: dict[str, Any], **context: Any
+        ) -> str:
+            from pg_backup.stages.sweep import store_report
+
+            run_id = context["dag_run"].run_id
+            return store_report(runtime(), run_id, run_time(context), planned, deleted, kept)
+
+        found = inventory()
+        planned = plan(found)
+        deleted = delete(found, planned)
+        kept = housekeeping()
+        check_freshness(found)
+        report(planned, deleted, kept)
+    return dag

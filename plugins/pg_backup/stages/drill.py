@@ -1,0 +1,184 @@
+"""The restore drill: sets fetched back from storage, restored and proven, then one report.
+
+Each step handles every chosen backup in turn (the newest verified one and a random older one),
+so a drill is one run, one report and one mail. The steps themselves are the restore-from-storage
+flow of ``stages.retrieve``. Nothing here touches the source database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pg_backup.adapters import staging
+from pg_backup.adapters.catalog import complete_sets, inventory
+from pg_backup.adapters.notify import run_url, send_mail
+from pg_backup.core import layout
+from pg_backup.core.drill_report import (
+    build_report,
+    choose_backups,
+    collect,
+    format_report_table,
+    report_mail,
+)
+from pg_backup.core.errors import DrillError
+from pg_backup.core.manifest import Manifest
+from pg_backup.core.names import DrillTask
+from pg_backup.core.records import Record, records_to_xcom
+from pg_backup.stages import retrieve
+from pg_backup.stages.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def workdir(rt: Runtime, run_id: str, backup: str | None = None) -> Path:
+    """The drill run's download directory, or one backup's subdirectory of it."""
+    return layout.drill_workdir(rt.cfg.staging_dir, rt.cfg.name, run_id, backup)
+
+
+def _manifests(chosen: dict[str, Any]) -> dict[str, Manifest]:
+    return {b: Manifest.model_validate(m) for b, m in chosen["manifests"].items()}
+
+
+def choose(rt: Runtime, run_id: str, seed: int | None, backup_id: str | None) -> dict[str, Any]:
+    """Pick the sets to drill; the seed defaults to one derived from the run id (recorded)."""
+    found = inventory(rt.storage, rt.cfg.name)
+    seed = int(seed) if seed is not None else zlib.crc32(run_id.encode())
+    picks = choose_backups(complete_sets(found), seed, backup_id or None)
+    return {
+        "seed": seed,
+        "backups": picks,
+        "manifests": {
+            b: retrieve.load_manifest(rt.storage, rt.cfg.name, b).model_dump(mode="json")
+            for b in picks
+        },
+    }
+
+
+def _each(chosen: dict[str, Any], step: Callable[[str, Manifest], Record]) -> dict[str, Any]:
+    """Run one step for every chosen set: ``{backup_id: record}`` as an XCom."""
+    return records_to_xcom({b: step(b, m) for b, m in _manifests(chosen).items()})
+
+
+def fetch_chosen(rt: Runtime, chosen: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Download each chosen set, checked against its manifest."""
+    return _each(chosen, lambda b, m: retrieve.fetch(rt.storage, m, workdir(rt, run_id, b)))
+
+
+def decrypt_chosen(
+    rt: Runtime, chosen: dict[str, Any], fetched: dict[str, Any], run_id: str
+) -> dict[str, Any]:
+    """Decrypt each chosen set with the identity connection's private key(s)."""
+    return _each(
+        chosen,
+        lambda b, m: retrieve.decrypt(
+            workdir(rt, run_id, b), retrieve.Fetched.from_xcom(fetched[b]), rt.identities, m
+        ),
+    )
+
+
+def decompress_chosen(
+    rt: Runtime, chosen: dict[str, Any], decrypted: dict[str, Any], run_id: str
+) -> dict[str, Any]:
+    """Decompress each chosen set and prove it is the dump that was staged."""
+    return _each(
+        chosen,
+        lambda b, m: retrieve.decompress(
+            workdir(rt, run_id, b), retrieve.Decrypted.from_xcom(decrypted[b]), m
+        ),
+    )
+
+
+def create_drill_dbs(rt: Runtime, chosen: dict[str, Any]) -> list[str]:
+    """Set-up task: an empty ``pgb_drill_<backup id>`` database per chosen set."""
+    names = [layout.drill_db_name(b) for b in chosen["backups"]]
+    for name in names:
+        rt.scratch_databases.create(name)
+    return names
+
+
+def restore_chosen(
+    rt: Runtime, chosen: dict[str, Any], opened: dict[str, Any], run_id: str, attempt: int = 1
+) -> dict[str, Any]:
+    """pg_restore -j each chosen set into its drill database (a retry starts from empty)."""
+    out = {}
+    for backup in chosen["backups"]:
+        name = layout.drill_db_name(backup)
+        if attempt > 1:
+            rt.scratch_databases.create(name)
+        out[backup] = retrieve.restore(
+            rt.scratch_databases.endpoint(name),
+            workdir(rt, run_id, backup),
+            retrieve.Opened.from_xcom(opened[backup]),
+            rt.cfg,
+            rt.cfg.restore.jobs,
+        )
+    return records_to_xcom(out)
+
+
+def verify_chosen(
+    rt: Runtime, chosen: dict[str, Any], decrypted: dict[str, Any], run_id: str
+) -> dict[str, Any]:
+    """Exact counts against each set's table document, and the configured invariant checks."""
+    out = {}
+    for backup in chosen["backups"]:
+        expected = retrieve.expected_counts(
+            workdir(rt, run_id, backup), retrieve.Decrypted.from_xcom(decrypted[backup])
+        )
+        target = rt.scratch_databases.endpoint(layout.drill_db_name(backup))
+        out[backup] = retrieve.prove(target, expected, rt.cfg, list(rt.cfg.drill.checks))
+    return records_to_xcom(out)
+
+
+def report(
+    rt: Runtime,
+    run_id: str,
+    dag_id: str,
+    at: datetime,
+    chosen: dict[str, Any] | None,
+    phases: dict[DrillTask, dict[str, Any] | None],
+) -> dict[str, Any]:
+    """Build, store (once per run) and mail the drill report; fail if the drill failed.
+
+    :param phases: each drill phase's XCom (None where the phase did not complete)
+    :raises DrillError: the drill did not pass (the report is stored and mailed first)
+    """
+    cfg = rt.cfg
+    rto = cfg.drill.rto.total_seconds()
+    doc = build_report(
+        cfg.name,
+        run_id,
+        at,
+        chosen["seed"] if chosen else None,
+        rto,
+        collect(chosen, phases, at),
+        None if chosen else "choose did not complete: see the choose task's log",
+    )
+    log.info("drill report:\n%s", format_report_table(doc["backups"], rto))
+    store = rt.storage
+    key = layout.drill_report_key(cfg.name, at, run_id)
+    first = not store.exists(key)  # a retried report task must not mail twice
+    store.put_bytes(key, json.dumps(doc, indent=2).encode())
+    if first:
+        send_mail(cfg, *report_mail(doc, run_url(cfg.alerts.base_url, dag_id, run_id)))
+    if doc["outcome"] != "passed":
+        raise DrillError(f"restore drill failed; report at {store.describe(key)}")
+    return {"key": key, "outcome": doc["outcome"]}
+
+
+def drop_drill_dbs(rt: Runtime, chosen: dict[str, Any] | None) -> list[str]:
+    """Tear-down task: drop the drill databases, whatever happened."""
+    names = [layout.drill_db_name(b) for b in (chosen or {}).get("backups", [])]
+    return [name for name in names if rt.scratch_databases.drop(name)]
+
+
+def cleanup(rt: Runtime, run_id: str) -> str:
+    """Tear-down task: remove the drill's downloads."""
+    path = workdir(rt, run_id)
+    staging.remove_dir(path)
+    return f"removed {path}"

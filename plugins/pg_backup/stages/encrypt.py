@@ -1,0 +1,27 @@
+"""The encrypt stage: age to the configured public keys, the data object and the table list.
+
+The daily pipeline holds public keys only; private keys are read by drills and restores.
+"""
+
+from __future__ import annotations
+
+from pg_backup.adapters.streams import encrypt_file
+from pg_backup.core.layout import ENCRYPTED_FILE, ENCRYPTED_TABLES_FILE
+from pg_backup.core.records import EncryptResult, StagedFile
+from pg_backup.stages.runtime import Runtime
+
+
+def encrypt_set(rt: Runtime, compressed: StagedFile, tables: StagedFile) -> EncryptResult:
+    """Encrypt the compressed dump (hashed per upload part too) and the table document."""
+    staging = rt.run.staging_path
+    data = encrypt_file(
+        staging / compressed.name,
+        compressed,
+        staging / ENCRYPTED_FILE,
+        rt.recipients,
+        part_size=rt.cfg.storage.multipart_chunksize,
+    )
+    listing = encrypt_file(
+        staging / tables.name, tables, staging / ENCRYPTED_TABLES_FILE, rt.recipients
+    )
+    return EncryptResult(data=data, tables=listing)

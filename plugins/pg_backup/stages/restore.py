@@ -1,0 +1,70 @@
+"""The restore stage: the staged dump into ``pgb_verify_<backup id>`` on the scratch server.
+
+The scratch database is made by a setup task and dropped by a teardown, whatever happened in
+between. The dump's hash is checked in the pass that reads it before pg_restore starts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pg_backup.adapters import staging
+from pg_backup.adapters.archive import dump_format_of, unpack_dump
+from pg_backup.adapters.pg_restore import restore_dump
+from pg_backup.core import layout
+from pg_backup.core.records import DumpResult, RestoreResult
+from pg_backup.stages.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_scratch_db(rt: Runtime, dumped: DumpResult) -> str:
+    """Set-up task: the empty verification database, in the source's encoding; its name."""
+    name = layout.scratch_db_name(rt.run.backup_id)
+    rt.scratch_databases.create(name, dumped.encoding)
+    return name
+
+
+def drop_scratch_db(rt: Runtime) -> bool:
+    """Tear-down task: drop the verification database, whatever happened before."""
+    name = layout.scratch_db_name(rt.run.backup_id)
+    dropped = rt.scratch_databases.drop(name)
+    log.info("teardown: %s %s", "dropped" if dropped else "no database", name)
+    return dropped
+
+
+def restore_staged(
+    rt: Runtime, dumped: DumpResult, database: str, attempt: int = 1
+) -> RestoreResult:
+    """Restore the staged dump (checked against its hash first) into the scratch database.
+
+    :param attempt: the task's try number; a retry starts again from an empty database, since
+        the attempt before may have restored half the objects
+    """
+    cfg, run, dump = rt.cfg, rt.run, dumped.dump
+    databases = rt.scratch_databases
+    if attempt > 1:
+        databases.create(database, dumped.encoding)
+    target = databases.endpoint(database)
+    path = run.staging_path / dump.name
+    staging.check_present(path, dump)
+    unpacked = None
+    if dump_format_of(path) == "directory":
+        # Unpacking reads the tar once and checks its hash in that same pass.
+        unpacked = unpack_dump(path, run.staging_path / layout.DUMP_DIR, dump)
+    else:
+        staging.verify_file(path, dump, "restore")
+    try:
+        seconds = restore_dump(target, str(unpacked or path), cfg.restore.jobs, cfg.dump.pg_bin_dir)
+    finally:
+        if unpacked is not None:
+            staging.remove_dir(unpacked)
+    log.info(
+        "restore done: %s into %s, %.1f MB/s, %.1f s (pg_restore -j %d)",
+        f"{dump.bytes / 1e6:,.1f} MB",
+        database,
+        dump.bytes / 1e6 / max(seconds, 1e-9),
+        seconds,
+        cfg.restore.jobs,
+    )
+    return RestoreResult(database=database, seconds=round(seconds, 3), jobs=cfg.restore.jobs)

@@ -1,0 +1,86 @@
+"""One task's resources, resolved once: the per-task runtime every stage receives.
+
+Like a provider hook's ``get_conn()``, each resource is looked up on first use and then kept,
+so a task resolves each Airflow connection at most once, opens storage once and parses keys
+once. Tests and the command line pass resources in directly.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from pg_backup.adapters.databases import Databases
+from pg_backup.adapters.pgconn import PgEndpoint, endpoint, get_connection
+from pg_backup.adapters.storage import Storage, open_storage
+from pg_backup.core import keys
+from pg_backup.core.config import TargetConfig
+from pg_backup.core.errors import ConnectionConfigError
+from pg_backup.core.layout import RunInfo
+
+
+class Runtime:
+    """The target's config, the run (for backup DAGs), and lazily resolved resources.
+
+    :param cfg: the target's config
+    :param run: the backup run this task belongs to (None outside backup DAGs)
+    :param resources: resolved resources to use instead of looking them up: ``source``,
+        ``scratch`` (PgEndpoint), ``storage`` (Storage), ``identities`` (list of private keys)
+    """
+
+    def __init__(self, cfg: TargetConfig, run: RunInfo | None = None, **resources: Any):
+        self.cfg = cfg
+        self._run = run
+        unknown = set(resources) - {"source", "scratch", "storage", "identities"}
+        if unknown:
+            raise TypeError(f"unknown resources {sorted(unknown)}")
+        self.__dict__.update(resources)  # pre-empts the cached properties below
+
+    @property
+    def run(self) -> RunInfo:
+        """The backup run (only backup DAG tasks have one)."""
+        if self._run is None:
+            raise RuntimeError("this task belongs to no backup run")
+        return self._run
+
+    @cached_property
+    def source(self) -> PgEndpoint:
+        """The database backed up (``source_conn_id``)."""
+        return endpoint(self.cfg.source_conn_id)
+
+    @cached_property
+    def scratch(self) -> PgEndpoint:
+        """The server verification and drill databases are made on (``scratch_conn_id``)."""
+        return endpoint(self.cfg.scratch_conn_id)
+
+    @cached_property
+    def scratch_databases(self) -> Databases:
+        """Create/drop on the scratch server; the source database is refused on every call."""
+        return Databases(self.scratch, self.source)
+
+    @cached_property
+    def storage(self) -> Storage:
+        """Where the target's sets live."""
+        return open_storage(self.cfg.storage)
+
+    @cached_property
+    def sweep_storage(self) -> Storage:
+        """The same storage through the sweeper's credentials (``sweep_aws_conn_id``)."""
+        return open_storage(self.cfg.storage, for_delete=True)
+
+    @cached_property
+    def recipients(self) -> list[Any]:
+        """The configured public keys, parsed (pyrage recipients)."""
+        return keys.parse_recipients(list(self.cfg.encryption.recipients))
+
+    @cached_property
+    def identities(self) -> list[str]:
+        """Private keys from the identity connection's password (one per line for rotation)."""
+        conn_id = self.cfg.encryption.identity_conn_id
+        found = keys.split_identities(get_connection(conn_id).password or "")
+        if not found:
+            raise ConnectionConfigError(
+                f"connection {conn_id!r} holds no age private key: put AGE-SECRET-KEY-1... (one "
+                "per line when rotating keys) in its password field"
+            )
+        return found
