@@ -47,6 +47,7 @@ lint: install
 	$(BIN)/ruff check plugins tests dags
 	$(BIN)/ruff format --check plugins tests dags
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 constraints: install
 	{ sed -n '1,2p' constraints.txt; $(BIN)/uv pip freeze --python $(BIN)/python \
