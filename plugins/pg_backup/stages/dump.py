@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -47,7 +48,16 @@ from pg_backup.core.counts import (
 )
 from pg_backup.core.errors import DumpError, ToolFailed
 from pg_backup.core.fingerprint import ALGORITHM, PROBE_SQL, session_options
-from pg_backup.core.inventory import sequence_values, take_inventory
+from pg_backup.core.inventory import (
+    CATEGORIES,
+    OTHER_RELATIONS_SQL,
+    RELATION_BOUND,
+    Inventory,
+    add_objects,
+    relation_objects_sql,
+    sequence_values,
+    take_inventory,
+)
 from pg_backup.core.names import DumpFormat
 from pg_backup.core.records import DumpResult, StagedFile
 from pg_backup.stages.runtime import Runtime
@@ -217,7 +227,9 @@ def _dump_once(rt: Runtime) -> DumpResult:
             relations = list_relations(cur, schemas, exclude)
             check_lock_budget(cur, cfg)
             fingerprinted = content_scope(cfg, relations)
-            inventory = take_inventory(cur, schemas, exclude)
+            inventory = take_inventory(
+                cur, schemas, exclude, tuple(c for c in CATEGORIES if c not in RELATION_BOUND)
+            )
             probe = _scalar(cur, PROBE_SQL)
             sequences_before = sequence_values(side_cur, schemas, exclude)
             argv = pg_dump_argv(pg_dump, cfg, snapshot, str(part))
@@ -228,12 +240,13 @@ def _dump_once(rt: Runtime) -> DumpResult:
                 ):
                     _await_dump_locks(side_cur, proc, app, relations)
                     if proc.poll() is not None and proc.returncode != 0:
-                        raise _pg_dump_failed(proc, source.describe())
-                    counts = _measure_all(cur, relations, fingerprinted, cfg)
+                        raise _pg_dump_failed(proc, source.describe(), cfg)
+                    counts = _measure_all(cur, relations, fingerprinted, cfg, inventory)
+                    _other_objects(cur, cfg, inventory)
                     counts.append(_large_objects(cur, cfg))
                     proc.wait()
                     if proc.returncode != 0:
-                        raise _pg_dump_failed(proc, source.describe())
+                        raise _pg_dump_failed(proc, source.describe(), cfg)
             except BaseException:
                 _discard(part)
                 raise
@@ -296,11 +309,17 @@ def _await_dump_locks(cur: Any, proc: Any, app: str, relations: list[Relation]) 
 
 
 def _measure_all(
-    cur: Any, relations: list[Relation], fingerprinted: set[tuple[str, str]], cfg: TargetConfig
+    cur: Any,
+    relations: list[Relation],
+    fingerprinted: set[tuple[str, str]],
+    cfg: TargetConfig,
+    inventory: Inventory,
 ) -> list[TableCount]:
-    """Count and fingerprint each relation in its own subtransaction, smallest first.
+    """Count, fingerprint and take the objects of each relation in a subtransaction of its own.
 
-    The subtransaction is rolled back after each relation, releasing the locks the read took.
+    Smallest first; the subtransaction is rolled back after each relation, releasing the locks
+    the read took. The relation's objects (indexes, constraints, ...) are read while its lock
+    is held, so their deparsers never queue for it.
 
     :raises _Raced: tables whose storage is not the one the snapshot sees
     :raises DumpError: a lock not granted in time, or rows hidden from the login
@@ -309,12 +328,16 @@ def _measure_all(
 
     counts: list[TableCount] = []
     moved: list[str] = []
+    objects = relation_objects_sql()
+    scope = {"schemas": cfg.dump.schemas, "exclude": cfg.dump.exclude_schemas}
     for relation in sorted(relations, key=lambda r: (r.pages, r.schema, r.name)):
         cur.execute("SAVEPOINT pg_backup_read")
         try:
             count, filenode = measure(
                 cur, relation, (relation.schema, relation.name) in fingerprinted, True
             )
+            cur.execute(objects, {**scope, "oids": [relation.oid]})
+            add_objects(inventory, cur.fetchall())
         except errors.LockNotAvailable:
             raise DumpError(
                 f"{relation.label}: lock not granted within dump.lock_wait_timeout "
@@ -334,6 +357,29 @@ def _measure_all(
     if moved:
         raise _Raced(moved)
     return sorted(counts, key=lambda c: c.key)
+
+
+def _other_objects(cur: Any, cfg: TargetConfig, inventory: Inventory) -> None:
+    """The objects of partitioned tables, views and foreign tables (in the snapshot)."""
+    from psycopg import errors
+
+    scope = {"schemas": cfg.dump.schemas, "exclude": cfg.dump.exclude_schemas, "oids": None}
+    cur.execute(OTHER_RELATIONS_SQL, scope)
+    oids = [row[0] for row in cur.fetchall()]
+    if not oids:
+        return
+    cur.execute("SAVEPOINT pg_backup_read")
+    try:
+        cur.execute(relation_objects_sql(), {**scope, "oids": oids})
+        add_objects(inventory, cur.fetchall())
+    except errors.LockNotAvailable:
+        raise DumpError(
+            "a partitioned table, view or foreign table stayed locked exclusively longer than "
+            f"dump.lock_wait_timeout ({cfg.dump.lock_wait_timeout}) while its definition was "
+            "read (a migration): run the backup after it, or raise dump.lock_wait_timeout"
+        ) from None
+    finally:
+        cur.execute("ROLLBACK TO SAVEPOINT pg_backup_read; RELEASE SAVEPOINT pg_backup_read")
 
 
 def _large_objects(cur: Any, cfg: TargetConfig) -> TableCount:
@@ -365,9 +411,23 @@ def _privilege_problem(relation: Relation, message: str) -> str:
     )
 
 
-def _pg_dump_failed(proc: Any, where: str) -> DumpError | ToolFailed:
-    """pg_dump's failure, with the fix when it ran out of the server's lock table."""
+def _pg_dump_failed(proc: Any, where: str, cfg: TargetConfig) -> DumpError | ToolFailed:
+    """pg_dump's failure, with the fix for a lock wait, row-level security, the lock table."""
     stderr = tools.stderr_of(proc)
+    locking = re.search(r"LOCK TABLE (.+?) IN ACCESS SHARE MODE", stderr)
+    if locking and "timeout" in stderr:
+        return DumpError(
+            f"pg_dump could not lock {locking.group(1)} of {where} within dump.lock_wait_timeout "
+            f"({cfg.dump.lock_wait_timeout}): another session holds or waits for an exclusive "
+            "lock on it (a migration, TRUNCATE, VACUUM FULL). Run the backup after it, or raise "
+            "dump.lock_wait_timeout"
+        )
+    if "row-level security" in stderr:
+        return DumpError(
+            f"pg_dump refused a table of {where}: {stderr.strip().splitlines()[-1]}. Row-level "
+            "security hides its rows from the backup login: give the login BYPASSRLS (ALTER "
+            "ROLE <backup login> BYPASSRLS) or use the table's owner"
+        )
     if "max_locks_per_transaction" in stderr:
         return DumpError(
             f"pg_dump ran out of the lock table of {where} ('out of shared memory'): set "
