@@ -94,8 +94,15 @@ class Dumped:
         return prove_database(target, self.doc, self.rt.cfg)
 
 
-def dump(source_db: str, staging: Path, recipient: str, port: int = PG_PORT, **cfg: Any) -> Dumped:
-    """Run the real dump stage once against ``source_db``."""
+def dump(
+    source_db: str,
+    staging: Path,
+    recipient: str,
+    port: int = PG_PORT,
+    login: str = PG_USER,
+    **cfg: Any,
+) -> Dumped:
+    """Run the real dump stage once against ``source_db`` as ``login``."""
     from pg_backup.core import layout
     from pg_backup.stages.dump import run_dump
     from pg_backup.stages.runtime import Runtime
@@ -114,7 +121,10 @@ def dump(source_db: str, staging: Path, recipient: str, port: int = PG_PORT, **c
         staging=str(staging / name / backup),
     )
     rt = Runtime(
-        config, run, source=endpoint(source_db, port=port), scratch=endpoint("postgres", port=port)
+        config,
+        run,
+        source=endpoint(source_db, login, port),
+        scratch=endpoint("postgres", port=port),
     )
     result = run_dump(rt)
     doc = json.loads((run.staging_path / result.tables.name).read_text())
