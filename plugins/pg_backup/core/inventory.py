@@ -36,20 +36,6 @@ CATEGORIES: Final = (
     "database",
 )
 
-# Categories of objects that belong to one relation. Their deparsers (pg_get_expr,
-# pg_get_indexdef, ...) briefly lock that relation, so the dump reads them for each table
-# while it holds the table's lock anyway (``relation_objects_sql``), never queueing behind an
-# exclusive lock request.
-RELATION_BOUND: Final = (
-    "relation",
-    "column",
-    "index",
-    "constraint",
-    "trigger",
-    "rule",
-    "policy",
-)
-
 # Categories whose objects are properties of the database itself: pg_restore applies them only
 # with --create, so a restore into a database made beforehand may lack them: a warning.
 DATABASE_PROPERTIES: Final = frozenset({"database"})
@@ -73,10 +59,7 @@ def _not_member(catalog: str, oid: str) -> str:
 _LABEL = (
     "format('\"%%s\".\"%%s\"', replace(n.nspname, '\"', '\"\"'), replace(c.relname, '\"', '\"\"'))"
 )
-_REL_SCOPE = (
-    f"{_SCOPE} AND {_not_member('pg_class', 'c.oid')} AND c.relpersistence <> 't'"
-    " AND (%(oids)s::oid[] IS NULL OR c.oid = ANY(%(oids)s::oid[]))"
-)
+_REL_SCOPE = f"{_SCOPE} AND {_not_member('pg_class', 'c.oid')} AND c.relpersistence <> 't'"
 
 # category -> SQL returning (key, detail); every query takes %(schemas)s and %(exclude)s.
 INVENTORY_SQL: Final[dict[str, str]] = {
@@ -206,46 +189,23 @@ SELECT n.nspname, c.relname, {_LABEL}, s.seqincrement FROM pg_sequence s
 JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE {_REL_SCOPE} AND has_table_privilege(c.oid, 'SELECT')"""
 
-# Relations with objects of their own but no rows pg_dump dumps: partitioned tables, views,
-# foreign tables (ordinary tables and materialized views are listed by ``core.counts``).
-OTHER_RELATIONS_SQL: Final = f"""
-SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('p', 'v', 'f') AND {_REL_SCOPE}"""
-
 Inventory = dict[str, dict[str, str]]
 
 
-def take_inventory(
-    cur: Any,
-    schemas: list[str],
-    exclude: list[str],
-    categories: tuple[str, ...] = CATEGORIES,
-) -> Inventory:
-    """The objects of ``categories`` as the cursor's snapshot (and the server's deparser) sees them.
+def take_inventory(cur: Any, schemas: list[str], exclude: list[str]) -> Inventory:
+    """Every category's objects as the cursor's snapshot (and the server's deparser) sees them.
 
     The session must have ``core.fingerprint.SESSION_SETTINGS`` pinned (search_path decides
-    how names are qualified in definitions).
+    how names are qualified in definitions). PostgreSQL's deparsers (``pg_get_expr``,
+    ``pg_get_indexdef``...) briefly lock the table they describe: on a live source, take the
+    inventory once pg_dump holds its locks, when no session can hold an exclusive one.
     """
-    params = {"schemas": schemas, "exclude": exclude, "oids": None}
+    params = {"schemas": schemas, "exclude": exclude}
     found: Inventory = {}
-    for category in categories:
-        cur.execute(INVENTORY_SQL[category], params)
+    for category, query in INVENTORY_SQL.items():
+        cur.execute(query, params)
         found[category] = {str(key): str(detail or "") for key, detail in cur.fetchall()}
     return found
-
-
-def relation_objects_sql() -> str:
-    """SQL returning (category, key, detail) of the relation-bound objects of ``%(oids)s``."""
-    return "\nUNION ALL\n".join(
-        f"SELECT '{category}', * FROM ({INVENTORY_SQL[category]}) AS {category}_"
-        for category in RELATION_BOUND
-    )
-
-
-def add_objects(inventory: Inventory, rows: list[tuple[str, str, str | None]]) -> None:
-    """Add ``relation_objects_sql`` rows to an inventory (in place)."""
-    for category, key, detail in rows:
-        inventory.setdefault(category, {})[str(key)] = str(detail or "")
 
 
 def sequence_values(
@@ -258,7 +218,7 @@ def sequence_values(
     """
     from psycopg import sql
 
-    cur.execute(SEQUENCES_SQL, {"schemas": schemas, "exclude": exclude, "oids": None})
+    cur.execute(SEQUENCES_SQL, {"schemas": schemas, "exclude": exclude})
     listed = [(str(s), str(n), str(label), int(step)) for s, n, label, step in cur.fetchall()]
     values: dict[str, int] = {}
     for start in range(0, len(listed), batch):

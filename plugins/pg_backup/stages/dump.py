@@ -48,16 +48,7 @@ from pg_backup.core.counts import (
 )
 from pg_backup.core.errors import DumpError, ToolFailed
 from pg_backup.core.fingerprint import ALGORITHM, PROBE_SQL, session_options
-from pg_backup.core.inventory import (
-    CATEGORIES,
-    OTHER_RELATIONS_SQL,
-    RELATION_BOUND,
-    Inventory,
-    add_objects,
-    relation_objects_sql,
-    sequence_values,
-    take_inventory,
-)
+from pg_backup.core.inventory import Inventory, sequence_values, take_inventory
 from pg_backup.core.names import DumpFormat
 from pg_backup.core.records import DumpResult, StagedFile
 from pg_backup.stages.runtime import Runtime
@@ -227,9 +218,6 @@ def _dump_once(rt: Runtime) -> DumpResult:
             relations = list_relations(cur, schemas, exclude)
             check_lock_budget(cur, cfg)
             fingerprinted = content_scope(cfg, relations)
-            inventory = take_inventory(
-                cur, schemas, exclude, tuple(c for c in CATEGORIES if c not in RELATION_BOUND)
-            )
             probe = _scalar(cur, PROBE_SQL)
             sequences_before = sequence_values(side_cur, schemas, exclude)
             argv = pg_dump_argv(pg_dump, cfg, snapshot, str(part))
@@ -241,8 +229,8 @@ def _dump_once(rt: Runtime) -> DumpResult:
                     _await_dump_locks(side_cur, proc, app, relations)
                     if proc.poll() is not None and proc.returncode != 0:
                         raise _pg_dump_failed(proc, source.describe(), cfg)
-                    counts = _measure_all(cur, relations, fingerprinted, cfg, inventory)
-                    _other_objects(cur, cfg, inventory)
+                    inventory = _inventory(cur, cfg)
+                    counts = _measure_all(cur, relations, fingerprinted, cfg)
                     counts.append(_large_objects(cur, cfg))
                     proc.wait()
                     if proc.returncode != 0:
@@ -309,17 +297,11 @@ def _await_dump_locks(cur: Any, proc: Any, app: str, relations: list[Relation]) 
 
 
 def _measure_all(
-    cur: Any,
-    relations: list[Relation],
-    fingerprinted: set[tuple[str, str]],
-    cfg: TargetConfig,
-    inventory: Inventory,
+    cur: Any, relations: list[Relation], fingerprinted: set[tuple[str, str]], cfg: TargetConfig
 ) -> list[TableCount]:
-    """Count, fingerprint and take the objects of each relation in a subtransaction of its own.
+    """Count and fingerprint each relation in a subtransaction of its own, smallest first.
 
-    Smallest first; the subtransaction is rolled back after each relation, releasing the locks
-    the read took. The relation's objects (indexes, constraints, ...) are read while its lock
-    is held, so their deparsers never queue for it.
+    The subtransaction is rolled back after each relation, releasing the locks the read took.
 
     :raises _Raced: tables whose storage is not the one the snapshot sees
     :raises DumpError: a lock not granted in time, or rows hidden from the login
@@ -328,16 +310,12 @@ def _measure_all(
 
     counts: list[TableCount] = []
     moved: list[str] = []
-    objects = relation_objects_sql()
-    scope = {"schemas": cfg.dump.schemas, "exclude": cfg.dump.exclude_schemas}
     for relation in sorted(relations, key=lambda r: (r.pages, r.schema, r.name)):
         cur.execute("SAVEPOINT pg_backup_read")
         try:
             count, filenode = measure(
                 cur, relation, (relation.schema, relation.name) in fingerprinted, True
             )
-            cur.execute(objects, {**scope, "oids": [relation.oid]})
-            add_objects(inventory, cur.fetchall())
         except errors.LockNotAvailable:
             raise DumpError(
                 f"{relation.label}: lock not granted within dump.lock_wait_timeout "
@@ -359,24 +337,21 @@ def _measure_all(
     return sorted(counts, key=lambda c: c.key)
 
 
-def _other_objects(cur: Any, cfg: TargetConfig, inventory: Inventory) -> None:
-    """The objects of partitioned tables, views and foreign tables (in the snapshot)."""
+def _inventory(cur: Any, cfg: TargetConfig) -> Inventory:
+    """The object inventory in the snapshot, taken once pg_dump holds its locks.
+
+    In a subtransaction rolled back afterwards: the deparsers' brief locks are never kept.
+    """
     from psycopg import errors
 
-    scope = {"schemas": cfg.dump.schemas, "exclude": cfg.dump.exclude_schemas, "oids": None}
-    cur.execute(OTHER_RELATIONS_SQL, scope)
-    oids = [row[0] for row in cur.fetchall()]
-    if not oids:
-        return
     cur.execute("SAVEPOINT pg_backup_read")
     try:
-        cur.execute(relation_objects_sql(), {**scope, "oids": oids})
-        add_objects(inventory, cur.fetchall())
+        return take_inventory(cur, cfg.dump.schemas, cfg.dump.exclude_schemas)
     except errors.LockNotAvailable:
         raise DumpError(
-            "a partitioned table, view or foreign table stayed locked exclusively longer than "
-            f"dump.lock_wait_timeout ({cfg.dump.lock_wait_timeout}) while its definition was "
-            "read (a migration): run the backup after it, or raise dump.lock_wait_timeout"
+            "a table stayed locked exclusively longer than dump.lock_wait_timeout "
+            f"({cfg.dump.lock_wait_timeout}) while the definitions of its objects were read (a "
+            "migration): run the backup after it, or raise dump.lock_wait_timeout"
         ) from None
     finally:
         cur.execute("ROLLBACK TO SAVEPOINT pg_backup_read; RELEASE SAVEPOINT pg_backup_read")
