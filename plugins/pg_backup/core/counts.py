@@ -146,6 +146,7 @@ def measure(
             relation.name,
             relation.columns,
             relation.oid if check_storage else None,
+            fingerprint,
         )
     )
     row = cur.fetchone()
@@ -154,7 +155,7 @@ def measure(
         relation.name,
         relation.kind,
         int(row[0]),
-        row[1] if fingerprint else None,
+        row[1],
         relation.via_root,
     )
     return count, (int(row[2]) if check_storage and row[2] is not None else None)

@@ -53,19 +53,29 @@ def session_options(lock_timeout_ms: int | None = None) -> str:
     return " ".join(f"-c {name}={value}" for name, value in settings.items())
 
 
-def stats_sql(schema: str, name: str, columns: Sequence[str], oid: int | None = None) -> Any:
+def stats_sql(
+    schema: str,
+    name: str,
+    columns: Sequence[str],
+    oid: int | None = None,
+    fingerprint: bool = True,
+) -> Any:
     """Row count and fingerprint of one relation in one scan (a psycopg ``Composed``).
 
-    Returns ``(rows bigint, fingerprint text)``, plus ``filenode`` (the relation's current
-    storage, read after the scan's lock is held) when ``oid`` is given: the caller compares it
-    with the storage its snapshot sees.
+    Returns ``(rows bigint, fingerprint text)`` (the fingerprint NULL unless ``fingerprint``),
+    plus ``filenode`` (the relation's current storage, read after the scan's lock is held) when
+    ``oid`` is given: the caller compares it with the storage its snapshot sees.
     """
     from psycopg import sql
 
-    row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
-    query = sql.SQL(
-        'SELECT count(*), coalesce(sum(hashtextextended({}::text COLLATE "C", 0)), 0)::text'
-    ).format(row)
+    query: Any
+    if fingerprint:
+        row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+        query = sql.SQL(
+            'SELECT count(*), coalesce(sum(hashtextextended({}::text COLLATE "C", 0)), 0)::text'
+        ).format(row)
+    else:
+        query = sql.SQL("SELECT count(*), NULL::text")
     if oid is not None:
         query = query + sql.SQL(", pg_relation_filenode({}::oid)").format(sql.Literal(int(oid)))
     return query + sql.SQL(" FROM ONLY {}").format(sql.Identifier(schema, name))
