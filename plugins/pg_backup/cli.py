@@ -225,7 +225,7 @@ def _restore(args: argparse.Namespace) -> int:
         print(proof.report())
         print(f"FAILED: the restore differs from the snapshot of {manifest.snapshot_at}")
         return 1
-    print(f"verified  {proof.summary()}, as in the snapshot of {manifest.snapshot_at}")
+    print(f"verified  {proof.summary()} (snapshot of {manifest.snapshot_at})")
     print(f"done: {manifest.backup_id} restored into {target.describe()} in {total:.1f} s")
     return 0
 

@@ -7,42 +7,20 @@ database of its own and proves it, so a corruption in one test never leaks into 
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 
 
 def sql(query: str, dbname: str = "postgres", port: int = PG_PORT, user: str = PG_USER) -> str:
-    """Run SQL through psql (any server of this machine, any login) and return its output."""
-    out = subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            PG_HOST,
-            "-p",
-            str(port),
-            "-U",
-            user,
-            "-d",
-            dbname,
-            "-Atq",
-            "-c",
-            query,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"psql failed: {out.stderr}")
-    return out.stdout.strip()
+    """Run SQL through psql (any cluster of this machine, any login) and return its output."""
+    return psql(query, dbname, port, user)
 
 
 def endpoint(dbname: str, user: str = PG_USER, port: int = PG_PORT, host: str = PG_HOST) -> Any:
@@ -86,6 +64,15 @@ class Dumped:
         target = endpoint(dbname, login, port)
         restore_dump(target, str(self.path), 2)
         return target
+
+    @contextmanager
+    def restored(self, login: str = PG_USER, port: int = PG_PORT) -> Iterator[Any]:
+        """A restore of this dump into a new database, dropped afterwards; its endpoint."""
+        name = f"pgbt_restored_{uuid.uuid4().hex[:8]}"
+        try:
+            yield self.restore(name, login, port)
+        finally:
+            sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', port=port)
 
     def prove(self, target: Any) -> Any:
         """The proof of a restored database against this dump's snapshot."""

@@ -107,8 +107,7 @@ def test_event_triggers_cannot_fire_while_the_restore_builds_the_database(
     _stock_restore(dumped.path, premise)
     assert int(sql("SELECT count(*) FROM ddl_log", premise)) > logged, "the premise: it fires"
     for _ in range(2):
-        target = dumped.restore(f"pgbt_acc_{uuid.uuid4().hex[:8]}")
-        try:
+        with dumped.restored() as target:
             assert sql("SELECT count(*) FROM ddl_log", target.dbname) == str(logged)
             assert sql("SELECT evtenabled FROM pg_event_trigger", target.dbname) == "O"
             assert (
@@ -121,8 +120,6 @@ def test_event_triggers_cannot_fire_while_the_restore_builds_the_database(
             proof = dumped.prove(target)
             assert proof.ok, proof.report()
             assert proof.objects.not_restorable == []
-        finally:
-            sql(f'DROP DATABASE IF EXISTS "{target.dbname}" WITH (FORCE)')
 
 
 def test_event_triggers_a_createdb_login_cannot_create_are_named_not_failed(

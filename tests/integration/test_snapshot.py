@@ -103,15 +103,12 @@ def test_truncate_racing_the_snapshot_is_never_verified_empty(
     )
     tally = _tally(dumped.doc)
     assert tally["rows"] == 1000
-    restored = dumped.restore(f"pgbt_raced_{uuid.uuid4().hex[:8]}")
-    try:
+    with dumped.restored() as restored:
         assert sql("SELECT sum(votes) FROM tally", restored.dbname) == str(
             sum(g * (round_ + 1) for g in range(1, 1001))
         )
         proof = dumped.prove(restored)
         assert proof.ok, proof.report()
-    finally:
-        sql(f'DROP DATABASE IF EXISTS "{restored.dbname}" WITH (FORCE)')
 
 
 @pytest.mark.parametrize("new_type", ["bigint", "numeric"])
@@ -124,8 +121,7 @@ def test_rewrite_racing_the_snapshot_is_never_verified_old(
     assert any("changed storage under the snapshot" in r.message for r in caplog.records)
     assert _tally(dumped.doc)["rows"] == 1000
     assert dumped.doc["inventory"]["column"]['"public"."tally"."votes"'] == new_type
-    restored = dumped.restore(f"pgbt_raced_{uuid.uuid4().hex[:8]}")
-    try:
+    with dumped.restored() as restored:
         assert (
             sql(
                 "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = "
@@ -135,8 +131,6 @@ def test_rewrite_racing_the_snapshot_is_never_verified_old(
             == new_type
         )
         assert dumped.prove(restored).ok
-    finally:
-        sql(f'DROP DATABASE IF EXISTS "{restored.dbname}" WITH (FORCE)')
 
 
 def test_rebuild_every_100ms_never_verifies_empty_and_never_deadlocks(
@@ -172,12 +166,9 @@ def test_rebuild_every_100ms_never_verifies_empty_and_never_deadlocks(
     else:
         dumped = outcome
         assert _tally(dumped.doc)["rows"] == 1000
-        restored = dumped.restore(f"pgbt_raced_{uuid.uuid4().hex[:8]}")
-        try:
+        with dumped.restored() as restored:
             assert sql("SELECT count(*) FROM tally", restored.dbname) == "1000"
             assert dumped.prove(restored).ok
-        finally:
-            sql(f'DROP DATABASE IF EXISTS "{restored.dbname}" WITH (FORCE)')
 
 
 def test_a_held_lock_ends_dump_and_preflight_at_lock_wait_timeout(

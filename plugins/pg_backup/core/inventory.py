@@ -214,15 +214,16 @@ def sequence_values(
     """The next value each readable sequence would hand out now (reads are not transactional).
 
     Reads ``last_value, is_called`` of at most ``batch`` sequences per statement, so that no
-    statement holds many locks; run it in autocommit mode.
+    statement holds many locks. Run it in autocommit mode with a short ``lock_timeout``: a
+    sequence locked by DDL (being altered or dropped) is left out rather than waited for.
     """
-    from psycopg import sql
+    from psycopg import errors, sql
 
     cur.execute(SEQUENCES_SQL, {"schemas": schemas, "exclude": exclude})
     listed = [(str(s), str(n), str(label), int(step)) for s, n, label, step in cur.fetchall()]
     values: dict[str, int] = {}
-    for start in range(0, len(listed), batch):
-        chunk = listed[start : start + batch]
+
+    def read(chunk: list[tuple[str, str, str, int]]) -> None:
         cur.execute(
             sql.SQL(" UNION ALL ").join(
                 sql.SQL("SELECT {}::int, last_value, is_called FROM {}").format(
@@ -234,6 +235,17 @@ def sequence_values(
         for index, last_value, is_called in cur.fetchall():
             _, _, label, step = chunk[index]
             values[label] = int(last_value) + (step if is_called else 0)
+
+    for start in range(0, len(listed), batch):
+        chunk = listed[start : start + batch]
+        try:
+            read(chunk)
+        except (errors.LockNotAvailable, errors.UndefinedTable):
+            for one in chunk:  # find the locked (or just dropped) one(s), keep the rest
+                try:
+                    read([one])
+                except (errors.LockNotAvailable, errors.UndefinedTable):
+                    continue
     return values
 
 

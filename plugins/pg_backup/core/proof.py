@@ -107,10 +107,12 @@ class Proof:
 
     def summary(self) -> str:
         """One line: what was proven, in numbers."""
-        text = f"{self.rows.checked} relations, {self.rows.rows:,} rows exact"
+        text = f"{self.rows.checked} relations, {self.rows.rows:,} rows exactly as in the snapshot"
         if self.rows.content_checked:
-            text += f", content of {self.rows.content_checked} identical"
+            text += f"; content of {self.rows.content_checked} relations identical"
         if self.objects is not None:
-            text += f", {self.objects.checked} objects and {self.objects.sequences_checked} "
-            text += "sequence values as in the snapshot"
+            text += (
+                f"; {self.objects.checked} objects and {self.objects.sequences_checked} sequence "
+                "values as in the snapshot"
+            )
         return text

@@ -61,6 +61,8 @@ ATTEMPTS = 3
 RETRY_PAUSES = (1.0, 3.0)
 # How often to look whether pg_dump holds its locks yet (seconds).
 LOCK_POLL = 0.02
+# How long a sequence read waits for a lock (milliseconds).
+SEQUENCE_LOCK_MS = 1000
 
 # Relations locked (granted) by the pg_dump session(s) of this attempt, among those given.
 _DUMP_LOCKS_SQL = """
@@ -198,9 +200,12 @@ def _dump_once(rt: Runtime) -> DumpResult:
 
     from psycopg import IsolationLevel
 
+    # The side session watches pg_dump's locks and reads sequence values; a sequence locked by
+    # DDL is left out of the value check rather than waited for.
+    side_options = session_options(min(lock_timeout_ms(cfg), SEQUENCE_LOCK_MS))
     with (
         source.connect(autocommit=False, options=options) as conn,
-        source.connect(autocommit=True, options=options) as side,
+        source.connect(autocommit=True, options=side_options) as side,
     ):
         conn.isolation_level = IsolationLevel.REPEATABLE_READ
         conn.read_only = True
