@@ -152,3 +152,36 @@ def test_lock_budget_names_the_setting_and_the_value() -> None:
     assert (
         "max_locks_per_transaction" in problem and "9,000" in problem and "at least 111" in problem
     )
+
+
+def test_content_scope_all_off_a_list_and_a_wrong_name() -> None:
+    """verify.content picks what is fingerprinted; a name not in the dump scope is refused."""
+    import pytest
+    from pyrage import x25519
+
+    from pg_backup.core.config import parse_config
+    from pg_backup.core.counts import Relation
+    from pg_backup.core.errors import ConfigError, DumpError
+    from pg_backup.stages.dump import content_scope
+
+    def cfg(content: object) -> object:
+        target = {
+            "source_conn_id": "s",
+            "scratch_conn_id": "x",
+            "storage": {"url": "file:///tmp/pgbt"},
+            "encryption": {"recipients": [str(x25519.Identity.generate().to_public())]},
+            "verify": {"content": content},
+        }
+        return parse_config({"targets": {"t": target}}).target("t")
+
+    relations = [
+        Relation(1, "public", "Vote", "table", True, 11, 100, ("id",)),
+        Relation(2, "public", "User", "table", True, 12, 10, ("id",)),
+    ]
+    assert content_scope(cfg("all"), relations) == {("public", "Vote"), ("public", "User")}
+    assert content_scope(cfg("off"), relations) == set()
+    assert content_scope(cfg(["public.Vote"]), relations) == {("public", "Vote")}
+    with pytest.raises(DumpError, match="public.Ballot"):
+        content_scope(cfg(["public.Ballot"]), relations)
+    with pytest.raises(ConfigError, match="verify.content"):
+        cfg(["Vote"])
