@@ -294,11 +294,13 @@ def _await_dump_locks(cur: Any, proc: Any, app: str, relations: list[Relation]) 
     holds for pg_dump's read too. pg_dump's own ``--lock-wait-timeout`` bounds the wait.
     """
     oids = [r.oid for r in relations if r.kind == "table"]
+    pause = LOCK_POLL
     while proc.poll() is None:
         cur.execute(_DUMP_LOCKS_SQL, {"app": app, "oids": oids})
         if cur.fetchone()[0] >= len(oids):
             return
-        time.sleep(LOCK_POLL)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.25)  # pg_dump may wait long for a lock: look less often
 
 
 def _measure_all(
