@@ -177,3 +177,24 @@ def test_rows_hidden_by_row_level_security_fail_loudly_naming_the_table(
     assert "no table hides rows" in preflight.row_security()
     dumped = dump(source, tmp_path, age_keys.public, login=reader)
     assert next(r["rows"] for r in dumped.doc["relations"] if r["name"] == "ballots") == 5
+
+
+def test_forced_rls_rows_the_scratch_login_cannot_read_are_named_not_passed(
+    databases: Any, roles: Any, tmp_path: Any, age_keys: AgeKeys
+) -> None:
+    """A CREATEDB login owns the restored FORCE RLS table but sees 2 of 5 rows: named, not proven."""
+    from pg_backup.adapters.pg_restore import restore_dump
+
+    dumped = dump(databases(SECRETS), tmp_path, age_keys.public)
+    verifier = roles("CREATEDB")
+    scratch = databases(owner=verifier)
+    target = endpoint(scratch, verifier)
+    restore_dump(target, str(dumped.path), 2)
+    proof = dumped.prove(target)
+    assert proof.ok, proof.report()
+    assert [label for label, _ in proof.hidden] == ['"public"."ballots"']
+    assert "BYPASSRLS" in proof.hidden[0][1]
+    assert any(
+        item["what"] == "counts and content" and item["count"] == 1 for item in proof.skipped()
+    )
+    assert proof.rows.checked == 2  # open_data and the large objects, proven

@@ -217,6 +217,8 @@ def prove_restore(target: PgEndpoint, doc: dict[str, Any], cfg: TargetConfig) ->
     """Rows, content and objects of a restored database against the set's table document."""
     proof = prove_database(target, doc, cfg)
     log_proof(proof, f"prove {target.dbname}")
+    if proof.ok:
+        log.info("prove %s done: %s", target.dbname, proof.summary())
     return proof
 
 

@@ -109,11 +109,9 @@ def _hidden_reason(message: str, user: str) -> str:
 
 
 def log_proof(proof: Proof, what: str) -> None:
-    """Warnings and skipped objects by name, then the summary, in the task's log."""
+    """Warnings and skipped objects by name in the task's log (the caller logs the outcome)."""
     for line in proof.notes():
         log.warning("%s: %s", what, line)
-    if proof.ok:
-        log.info("%s: %s", what, proof.summary())
 
 
 def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> Verification:
@@ -156,7 +154,7 @@ def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> 
             f"backup {run.backup_id}: the restore differs from the snapshot in "
             f"{record.mismatches} place(s):\n" + proof.report()
         )
-    log.info("verify done in %.1f s", record.verify_seconds)
+    log.info("verify done: %s, %.1f s", proof.summary(), record.verify_seconds)
     return record
 
 
