@@ -94,8 +94,8 @@ def pg_conn_json(dbname: str, **extra: Any) -> str:
     )
 
 
-def psql(sql: str, dbname: str = "postgres") -> str:
-    """Run SQL through psql on the test server and return its output."""
+def psql(sql: str, dbname: str = "postgres", port: int = PG_PORT, user: str = PG_USER) -> str:
+    """Run SQL through psql on the test server (or another cluster of this machine)."""
     out = subprocess.run(
         [
             "psql",
@@ -105,9 +105,9 @@ def psql(sql: str, dbname: str = "postgres") -> str:
             "-h",
             PG_HOST,
             "-p",
-            str(PG_PORT),
+            str(port),
             "-U",
-            PG_USER,
+            user,
             "-d",
             dbname,
             "-Atq",

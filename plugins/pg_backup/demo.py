@@ -183,6 +183,11 @@ def main() -> int:
         f"{verification.rows_checked:,} rows restored exactly "
         f"(restore {verification.restore_seconds:.1f} s)"
     )
+    if verification.proven:
+        print(
+            f"  proven        {', '.join(verification.proven)} ({verification.content_checked} "
+            f"relations by content, {verification.objects_checked} objects)"
+        )
     print(f"  files         {result['where']}")
     print(f"  private key   {DEMO / 'age-key.txt'} (throwaway, demo only)")
     print(f"  Airflow log   {log}")

@@ -468,6 +468,9 @@ def airflow_stack(
         launcher_log.close()
         _drop_databases(sources)
         raise
+    # The sink is the worker's: mail from test files run before this one (dag.test() runs with
+    # on_retry, say) must not count as this stack's.
+    smtp_sink.clear()
     stack = Stack(
         home=home,
         port=port,

@@ -48,6 +48,13 @@ VERIFICATION_KEYS = {
     "warnings",
     "restore_seconds",
     "verify_seconds",
+    # Added with content and object proofs: optional, absent from older sets.
+    "proven",
+    "content_checked",
+    "objects_checked",
+    "sequences_checked",
+    "partition_roots",
+    "skipped",
 }
 
 
@@ -191,3 +198,21 @@ def test_verification_round_trip_and_keys() -> None:
         )
     with pytest.raises(ValidationError):
         Verification(**{**record.model_dump(), "mismatches": -1})
+
+
+def test_verification_of_an_older_release_still_parses() -> None:
+    """A verification.json written before proofs of content and objects parses, fields None."""
+    old = {
+        "format": "pg_backup/1",
+        "backup_id": "voting_20250309T020000Z_scheduled",
+        "status": "verified",
+        "checked_at": "2025-03-09T02:30:00+00:00",
+        "relations_checked": 5,
+        "rows_checked": 51_227,
+        "mismatches": 0,
+        "warnings": 0,
+        "restore_seconds": 12.5,
+        "verify_seconds": 0.8,
+    }
+    record = Verification.from_bytes(json.dumps(old).encode())
+    assert record.proven is None and record.skipped is None and record.content_checked is None

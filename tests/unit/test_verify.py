@@ -115,7 +115,7 @@ def test_format_differences_shows_every_label_and_missing() -> None:
     text = format_differences(items)
     lines = text.splitlines()
     assert len(lines) == 1 + len(items)
-    assert lines[0].split() == ["relation", "snapshot", "restored"]
+    assert lines[0].split() == ["relation", "what", "snapshot", "restored"]
     for item, line in zip(items, lines[1:], strict=True):
         assert line.startswith(item.label)
     assert "50,000" in lines[1]

@@ -156,6 +156,27 @@ class RestoreConfig(_Model):
     jobs: int = Field(2, ge=1, le=64)
 
 
+class VerifyConfig(_Model):
+    """What the verification proves beyond exact counts and the object inventory."""
+
+    content: Literal["all", "off"] | list[str] = Field(
+        "all",
+        description="content fingerprints: all tables, off, or a list of schema.table names",
+    )
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for index, name in enumerate(value):
+                schema, dot, table = str(name).partition(".")
+                if not (schema and dot and table):
+                    raise ValueError(
+                        f"[{index}] {name!r} is not schema.table: write it like public.Vote"
+                    )
+        return value
+
+
 class AlertsConfig(_Model):
     """Who gets mail, and through which SMTP connection."""
 
@@ -268,6 +289,7 @@ class TargetConfig(_Model):
     dump: DumpConfig = DumpConfig()
     compress: CompressConfig = CompressConfig()
     restore: RestoreConfig = RestoreConfig()
+    verify: VerifyConfig = VerifyConfig()
     alerts: AlertsConfig = AlertsConfig()
     timeouts: Timeouts = Timeouts()
     budgets: Budgets = Budgets()

@@ -107,6 +107,10 @@ class VerificationFailed(PgBackupError):
     """The restored database differs from the snapshot; the message names every difference."""
 
 
+class DumpError(PgBackupError):
+    """The dump cannot prove what it read: a racing rewrite, a lock, hidden rows, lock budget."""
+
+
 class DrillError(PgBackupError):
     """A drill or restore step failed; the message says which object or check and why."""
 

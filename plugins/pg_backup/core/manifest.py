@@ -70,8 +70,19 @@ class Manifest(_Doc):
     emergency: Emergency | None = None
 
 
+class Skipped(_Doc):
+    """Something the verification did not prove: what, how many, and why (no names)."""
+
+    what: str
+    count: int = Field(ge=0)
+    reason: str
+
+
 class Verification(_Doc):
-    """The outcome of the daily verification restore (no table names: this file is plaintext)."""
+    """The outcome of the daily verification restore (no table names: this file is plaintext).
+
+    Fields after ``verify_seconds`` were added later and are absent from older sets.
+    """
 
     format: Literal["pg_backup/1"] = FORMAT
     backup_id: str
@@ -83,3 +94,11 @@ class Verification(_Doc):
     warnings: int = Field(ge=0)
     restore_seconds: float = Field(ge=0)
     verify_seconds: float = Field(ge=0)
+    # What was proven: "counts", "content" (fingerprints of the rows), "objects" (inventory).
+    proven: list[str] | None = None
+    content_checked: int | None = Field(None, ge=0)
+    objects_checked: int | None = Field(None, ge=0)
+    sequences_checked: int | None = Field(None, ge=0)
+    # Partition roots compared as a whole: pg_dump loads their leaves through the root.
+    partition_roots: int | None = Field(None, ge=0)
+    skipped: list[Skipped] | None = None

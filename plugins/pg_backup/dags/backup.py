@@ -22,13 +22,15 @@ DOC_BACKUP = """
 ### Verified PostgreSQL backup of `{target}`
 
 preflight → dump (exported snapshot + exact counts) → compress (zstd) → encrypt (age) →
-upload (data, tables, manifest last) → restore into `pgb_verify_<backup id>` → verify counts.
+upload (data, tables, manifest last) → restore into `pgb_verify_<backup id>` → verify rows,
+content and objects.
 Teardowns always drop the scratch database and clear staging (kept when a stage failed).
 
 * Storage: `{storage}`
 * Source connection: `{source}`, scratch connection: `{scratch}`
-* A green run means: the set is in storage, and its dump restored with exactly the rows of
-  the snapshot. Each success adds an event to the asset `{asset}` (Assets view = backup history).
+* A green run means: the set is in storage, and its dump restored with exactly the rows,
+  content and objects of the snapshot (`verification.json` says what was proven). Each
+  success adds an event to the asset `{asset}` (Assets view = backup history).
 """
 
 DOC_EMERGENCY = """
@@ -42,7 +44,8 @@ Untick `verify` only when there is no time for the verification restore.
 TASK_DOCS = {
     Stage.PREFLIGHT: "Source reachable, pg_dump new enough, scratch server is not the source, "
     "storage writable, staging space enough, recipients parse. Writes nothing.",
-    Stage.DUMP: "pg_dump -Fc under an exported snapshot; exact row counts in that snapshot.",
+    Stage.DUMP: "pg_dump -Fc under an exported snapshot; exact row counts, content fingerprints "
+    "and the object inventory in that snapshot, proven not raced by TRUNCATE or rewrites.",
     Stage.COMPRESS: "zstd over all cores; checks the dump's sha256 while reading it.",
     Stage.ENCRYPT: "age to the configured public keys; checks the input's sha256 while reading.",
     Stage.UPLOAD: "Data object, tables.json.age, then manifest.json; each proven by size and "
@@ -50,8 +53,8 @@ TASK_DOCS = {
     BackupTask.CREATE_SCRATCH_DB: "Setup: an empty pgb_verify_<backup id> database on the "
     "scratch server.",
     Stage.RESTORE: "pg_restore -j into the scratch database; any error fails with its messages.",
-    Stage.VERIFY: "Restored counts == snapshot counts for every relation; writes "
-    "verification.json; emits the asset event.",
+    Stage.VERIFY: "Restored rows, content fingerprints, objects and sequence values == the "
+    "snapshot's; writes verification.json; emits the asset event.",
     BackupTask.DROP_SCRATCH_DB: "Teardown: drops the scratch database, whatever happened.",
     BackupTask.CLEANUP_STAGING: "Teardown: removes the run's staging files once the set is "
     "complete; keeps them after a failure for inspection (the retention sweep removes them "
@@ -74,7 +77,7 @@ def emergency_params(cfg: TargetConfig) -> dict[str, Param]:
             True,
             type="boolean",
             title="Verify by restoring",
-            description="Restore into a scratch database and compare exact row counts.",
+            description="Restore into a scratch database and prove rows, content and objects.",
         ),
         "keep_days": Param(
             cfg.emergency.keep_days,

@@ -20,7 +20,8 @@ DOC = """
 
 Proves what matters on the worst day: a backup **in storage**, fetched back with the private key
 (connection `{identity}`) and nothing else, restores within the recovery-time objective
-({rto}) and holds what the application needs (exact row counts + {checks} invariant checks).
+({rto}) and holds what the application needs (exact rows, content and objects of the
+snapshot + {checks} invariant checks).
 
 Drilled: the newest verified backup and one older complete backup picked at random (the seed is
 in the report, so a drill can be repeated). Trigger with `backup_id` to drill one set exactly.
@@ -37,7 +38,8 @@ TASK_DOCS = {
     DrillTask.CREATE_DRILL_DBS: "Setup: an empty pgb_drill_<backup id> database per drilled "
     "backup.",
     DrillTask.RESTORE: "pg_restore -j into the drill database.",
-    DrillTask.VERIFY: "Exact counts against tables.json and the configured invariant checks.",
+    DrillTask.VERIFY: "Rows, content and objects against tables.json, and the configured "
+    "invariant checks.",
     DrillTask.REPORT: "Per-phase times, RTO against the objective, RPO achieved; stored and "
     "mailed.",
     DrillTask.DROP_DRILL_DBS: "Teardown: drops the drill databases whatever happened.",

@@ -124,14 +124,14 @@ def restore_chosen(
 def verify_chosen(
     rt: Runtime, chosen: dict[str, Any], decrypted: dict[str, Any], run_id: str
 ) -> dict[str, Any]:
-    """Exact counts against each set's table document, and the configured invariant checks."""
+    """Rows, content and objects against each set's table document, and the invariant checks."""
     out = {}
     for backup in chosen["backups"]:
-        expected = retrieve.expected_counts(
+        doc = retrieve.table_document(
             workdir(rt, run_id, backup), retrieve.Decrypted.from_xcom(decrypted[backup])
         )
         target = rt.scratch_databases.endpoint(layout.drill_db_name(backup))
-        out[backup] = retrieve.prove(target, expected, rt.cfg, list(rt.cfg.drill.checks))
+        out[backup] = retrieve.prove(target, doc, rt.cfg, list(rt.cfg.drill.checks))
     return records_to_xcom(out)
 
 

@@ -14,7 +14,9 @@ from typing import Any
 from pg_backup.adapters import tools
 from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.core import layout
+from pg_backup.core.counts import LOCK_BUDGET_SQL, lock_budget_problem
 from pg_backup.core.errors import PreflightError
+from pg_backup.core.fingerprint import session_options
 from pg_backup.core.records import PreflightResult
 from pg_backup.stages.runtime import Runtime
 
@@ -67,10 +69,50 @@ def check_free_space(staging_dir: str, estimated: int, headroom: float) -> int:
     return free
 
 
-def _one(conn: Any, sql: str) -> tuple[Any, ...]:
-    row = conn.execute(sql).fetchone()
+_SCOPE = """n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%'
+  AND (cardinality(%(schemas)s::text[]) = 0 OR n.nspname = ANY(%(schemas)s::text[]))
+  AND NOT (n.nspname = ANY(%(exclude)s::text[]))"""
+
+# Tables whose rows row-level security would hide from the backup login (not a superuser, no
+# BYPASSRLS, and not the owner of a table without FORCE ROW LEVEL SECURITY).
+_HIDDEN_ROWS_SQL = f"""
+SELECT format('"%%s"."%%s"', n.nspname, c.relname) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity AND {_SCOPE}
+  AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user)
+  AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
+ORDER BY 1"""
+
+# Objects only a superuser may create: event triggers, routines in untrusted languages.
+_SUPERUSER_OBJECTS_SQL = f"""
+SELECT 'event trigger', format('"%%s"', evtname) FROM pg_event_trigger
+UNION ALL
+SELECT 'routine in untrusted language ' || l.lanname,
+       format('"%%s"."%%s"(%%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
+FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE NOT l.lanpltrusted AND l.lanname NOT IN ('internal', 'c') AND {_SCOPE}
+  AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass
+                  AND e.objid = p.oid AND e.deptype = 'e')
+ORDER BY 1, 2"""
+
+# Tables with FORCE ROW LEVEL SECURITY: their restored copy hides rows from a restoring login
+# without BYPASSRLS (it owns them, and FORCE applies to owners).
+_FORCED_SQL = f"""
+SELECT format('"%%s"."%%s"', n.nspname, c.relname) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND c.relforcerowsecurity AND {_SCOPE} ORDER BY 1"""
+
+
+def _one(conn: Any, sql: str, params: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    row = conn.execute(sql, params).fetchone()
     assert row is not None, sql  # aggregates and settings always return a row
     return tuple(row)
+
+
+def _names(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 class Preflight:
@@ -90,11 +132,26 @@ class Preflight:
         return [
             ("encryption recipients", self.recipients),
             (f"source connection {cfg.source_conn_id!r}", self.source),
+            ("row-level security", self.row_security),
+            ("lock budget", self.lock_budget),
             ("pg_dump and pg_restore", self.client_tools),
             (f"scratch connection {cfg.scratch_conn_id!r}", self.scratch),
+            ("objects the scratch login can restore", self.restorable),
             ("storage writable", self.storage),
             ("staging space", self.staging),
         ]
+
+    def _source_session(self) -> Any:
+        """A session on the source whose lock waits end at ``dump.lock_wait_timeout``."""
+        from pg_backup.stages.dump import lock_timeout_ms
+
+        return self.rt.source.connect(
+            autocommit=True, options=session_options(lock_timeout_ms(self.rt.cfg))
+        )
+
+    def _scope(self) -> dict[str, Any]:
+        dump = self.rt.cfg.dump
+        return {"schemas": dump.schemas, "exclude": dump.exclude_schemas}
 
     def recipients(self) -> str:
         """Every public key parses."""
@@ -102,18 +159,94 @@ class Preflight:
 
     def source(self) -> str:
         """The source answers; its version and the size of its data."""
-        with self.rt.source.connect(autocommit=True) as conn:
+        from psycopg import errors
+
+        with self._source_session() as conn:
             version, major = _one(
                 conn,
                 "SELECT current_setting('server_version'),"
                 " current_setting('server_version_num')::int / 10000",
             )
-            self.estimated = int(_one(conn, _SIZE_SQL)[0])
+            try:
+                self.estimated = int(_one(conn, _SIZE_SQL)[0])
+            except errors.LockNotAvailable:
+                raise PreflightError(
+                    f"a table of {self.rt.source.describe()} stayed locked exclusively longer "
+                    f"than dump.lock_wait_timeout ({self.rt.cfg.dump.lock_wait_timeout}) while "
+                    "its size was read (a migration, TRUNCATE, VACUUM FULL): pg_dump would "
+                    "wait the same way. Run the backup after it, or raise dump.lock_wait_timeout"
+                ) from None
         self.server_version, self.server_major = str(version), int(major)
         return (
             f"{self.rt.source.describe()} PostgreSQL {version}, data about "
             f"{self.estimated / 1e6:,.0f} MB"
         )
+
+    def row_security(self) -> str:
+        """No table hides rows from the backup login through row-level security."""
+        with self._source_session() as conn:
+            hidden = [r[0] for r in conn.execute(_HIDDEN_ROWS_SQL, self._scope()).fetchall()]
+        if hidden:
+            user = self.rt.source.user
+            raise PreflightError(
+                f"row-level security hides rows of {len(hidden)} table(s) from the backup login "
+                f"{user!r}: {_names(hidden)}. Counted as it sees them the backup would be "
+                f"incomplete, and pg_dump refuses them: ALTER ROLE {user} BYPASSRLS (or back up "
+                "with the tables' owner)"
+            )
+        return "no table hides rows from the backup login"
+
+    def lock_budget(self) -> str:
+        """pg_dump can lock every table at once within the server's lock table."""
+        with self._source_session() as conn:
+            tables, per_transaction, slots = _one(conn, LOCK_BUDGET_SQL, self._scope())
+        problem = lock_budget_problem(int(tables), int(per_transaction), int(slots))
+        if problem:
+            raise PreflightError(problem)
+        return f"{tables:,} tables to lock, room for about {per_transaction * slots:,}"
+
+    def restorable(self) -> str:
+        """Name what the scratch login may not create; fail where the restore could not finish.
+
+        Event triggers are left out of the verification restore (and named in every
+        verification); routines in untrusted languages would fail the restore.
+        """
+        scratch = self.rt.scratch
+        with scratch.connect(autocommit=True) as conn:
+            superuser, bypass = _one(
+                conn, "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+            )
+        if superuser:
+            return f"{scratch.user!r} is a superuser: it restores everything"
+        with self._source_session() as conn:
+            found = conn.execute(_SUPERUSER_OBJECTS_SQL, self._scope()).fetchall()
+            forced = [r[0] for r in conn.execute(_FORCED_SQL, self._scope()).fetchall()]
+        triggers = [name for kind, name in found if kind == "event trigger"]
+        routines = [f"{name} ({kind})" for kind, name in found if kind != "event trigger"]
+        if routines:
+            raise PreflightError(
+                f"the scratch login {scratch.user!r} may not create {len(routines)} routine(s) "
+                f"in untrusted languages: {_names(routines)}; the verification restore would "
+                "fail on them. Give scratch_conn_id a superuser login"
+            )
+        notes = []
+        if triggers:
+            notes.append(
+                f"{len(triggers)} event trigger(s) not restorable by the scratch login "
+                f"{scratch.user!r}: {_names(triggers)}; they are left out of the verification "
+                "restore and named in every verification as not proven (a superuser scratch "
+                "login restores and proves them)"
+            )
+        if forced and not bypass:
+            notes.append(
+                f"{len(forced)} table(s) with FORCE ROW LEVEL SECURITY: {_names(forced)}; the "
+                f"scratch login {scratch.user!r} cannot read their restored rows, so their "
+                f"counts and content are named as not proven: ALTER ROLE {scratch.user} "
+                "BYPASSRLS to prove them"
+            )
+        for note in notes:
+            log.warning("preflight: %s", note)
+        return "; ".join(notes) or "nothing the scratch login cannot create"
 
     def client_tools(self) -> str:
         """pg_dump is new enough for the source; pg_restore is there."""

@@ -3,7 +3,8 @@
 The weekly drill runs each step as a task; ``pg-backup restore`` and ``verify`` run them in one
 process. Every step checks what it reads: the stored objects against the manifest's sha256, the
 decompressed dump against the sha256 recorded (encrypted) at dump time, the restored database
-against the snapshot's counts. Nothing here connects to the source database.
+against the snapshot's counts, content fingerprints and object inventory (``stages.verify``).
+Nothing here connects to the source database.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from pg_backup.core.counts import TableCount, counts_from_json
 from pg_backup.core.drill_report import CheckResult
 from pg_backup.core.errors import DrillError, StorageError, WrongKey
 from pg_backup.core.manifest import Manifest, ObjectEntry
+from pg_backup.core.proof import Proof
 from pg_backup.core.records import Record, StagedFile
-from pg_backup.stages.verify import compare_database
+from pg_backup.stages.verify import log_proof, prove_database
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,11 @@ class Restored(Record):
 
 
 class Proven(Record):
-    """What the restored database was checked for, and how it came out."""
+    """What the restored database was checked for, and how it came out.
+
+    ``counts_ok``: rows, content and objects all as in the snapshot. ``proven`` and ``skipped``
+    say what that covers (``core.proof``); ``differences`` name what differs.
+    """
 
     relations: int
     rows: int
@@ -71,10 +77,14 @@ class Proven(Record):
     differences: list[str]
     checks: list[dict[str, Any]]
     seconds: float
+    proven: list[str] = []
+    content_checked: int = 0
+    objects_checked: int | None = None
+    skipped: list[dict[str, Any]] = []
 
     @property
     def ok(self) -> bool:
-        """Counts exact and every check passed."""
+        """Rows, content and objects as in the snapshot, and every check passed."""
         return self.counts_ok and all(c["ok"] for c in self.checks)
 
 
@@ -203,21 +213,42 @@ def run_checks(target: PgEndpoint, checks: list[CheckConfig]) -> list[CheckResul
     return results
 
 
+def prove_restore(target: PgEndpoint, doc: dict[str, Any], cfg: TargetConfig) -> Proof:
+    """Rows, content and objects of a restored database against the set's table document."""
+    proof = prove_database(target, doc, cfg)
+    log_proof(proof, f"prove {target.dbname}")
+    if proof.ok:
+        log.info("prove %s done: %s", target.dbname, proof.summary())
+    return proof
+
+
 def prove(
-    target: PgEndpoint, expected: list[TableCount], cfg: TargetConfig, checks: list[CheckConfig]
+    target: PgEndpoint, doc: dict[str, Any], cfg: TargetConfig, checks: list[CheckConfig]
 ) -> Proven:
-    """Compare the restored database with the snapshot counts and run the invariant checks."""
+    """Prove the restored database against the snapshot and run the invariant checks.
+
+    :param doc: the set's decrypted table document (``table_document``)
+    """
     from dataclasses import asdict
 
     started = time.monotonic()
-    result = compare_database(target, expected, cfg)
+    proof = prove_restore(target, doc, cfg)
+    if not proof.ok:
+        log.error("prove %s: differs from the snapshot:\n%s", target.dbname, proof.report())
+    differences = [d.describe() for d in proof.rows.differences]
+    if proof.objects is not None:
+        differences += [d.describe() for d in proof.objects.differences]
     return Proven(
-        relations=result.checked,
-        rows=result.rows,
-        counts_ok=result.ok,
-        differences=[d.describe() for d in result.differences],
+        relations=proof.rows.checked,
+        rows=proof.rows.rows,
+        counts_ok=proof.ok,
+        differences=differences,
         checks=[asdict(c) for c in run_checks(target, checks)],
         seconds=round(time.monotonic() - started, 3),
+        proven=proof.proven,
+        content_checked=proof.rows.content_checked,
+        objects_checked=proof.objects.checked if proof.objects else None,
+        skipped=proof.skipped(),
     )
 
 
