@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from pg_backup.adapters import staging
+from pg_backup.adapters import catalog_index, staging
 from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.adapters.storage import retain_until
 from pg_backup.core import layout
@@ -70,6 +70,7 @@ def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> 
         record.to_bytes(),
         retain_until(cfg.storage, run.taken_at),
     )
+    catalog_index.record_verification(rt.storage, run.target, record)
     if result.warnings:
         log.warning(
             "verify: materialized views differ from the snapshot (stale on the source; "
