@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -318,41 +317,3 @@ def test_a_failing_index_write_never_fails_the_task(tmp_path, s3_server, caplog)
         index_io.record_set(Refusing(shared), manifest_of(shared, fake))
     assert "not updated after upload" in caplog.text and "AccessDenied" in caplog.text
     assert index_io.read_index(shared, TARGET) is None
-
-
-def test_index_metrics_reach_a_statsd_server(tmp_path, s3_server, monkeypatch):
-    """A hook's index write sends its gauges through Airflow's Stats to a real StatsD socket."""
-    from airflow.sdk.observability import stats
-    from airflow.sdk.observability.metrics import stats_utils
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(5)
-    monkeypatch.setenv("AIRFLOW__METRICS__STATSD_ON", "True")
-    monkeypatch.setenv("AIRFLOW__METRICS__STATSD_HOST", "127.0.0.1")
-    monkeypatch.setenv("AIRFLOW__METRICS__STATSD_PORT", str(sock.getsockname()[1]))
-    monkeypatch.setenv("AIRFLOW__METRICS__STATSD_PREFIX", "airflow")
-    # What the task runner does at the start of every task process.
-    stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=False)
-    try:
-        shared = make_store("file", tmp_path, s3_server)
-        fake = write_set(put(shared), TARGET, BASE)
-        raw = shared.get_bytes(fake.prefix + layout.VERIFICATION_OBJECT)
-        index_io.record_verification(shared, TARGET, Verification.from_bytes(raw))
-        received = []
-        while True:
-            try:
-                received += sock.recv(65535).decode().splitlines()
-            except TimeoutError:
-                break
-            if any("sets.incomplete" in line for line in received):
-                break
-    finally:
-        stats.initialize(factory=stats_utils.NoStatsLogger, export_legacy_names=False)
-        sock.close()
-    gauges = dict(line.rsplit("|", 1)[0].split(":", 1) for line in received)
-    assert gauges[f"airflow.pg_backup.{TARGET}.newest_verified_timestamp_seconds"] == str(
-        BASE.timestamp()
-    )
-    assert gauges[f"airflow.pg_backup.{TARGET}.sets.verified"] == "1.0"
-    assert gauges[f"airflow.pg_backup.{TARGET}.sets.failed"] == "0.0"
