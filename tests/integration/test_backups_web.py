@@ -29,7 +29,7 @@ from pg_backup.adapters.storage import FileStorage
 from pg_backup.core import catalog_index as ci
 from pg_backup.core import layout
 from tests.conftest import REPO, AgeKeys
-from tests.integration.fake_sets import write_set
+from tests.integration.fake_sets import write_drill_report, write_set
 
 TARGETS = ("alpha", "beta")
 PASSWORDS = {"admin": "admin-pw-1", "alice": "alice-pw-2", "nobody": "nobody-pw-3"}
@@ -81,31 +81,7 @@ def _history(store: FileStorage, target: str) -> list[Any]:
         write_set(put, target, NOW - timedelta(hours=25), kind="emergency", keep_days=30),
         write_set(put, target, NOW - timedelta(hours=5), status="incomplete"),
     ]
-    drilled_at = NOW - timedelta(days=1)
-    store.put_bytes(
-        layout.drill_report_key(target, drilled_at, "scheduled__d"),
-        json.dumps(
-            {
-                "target": target,
-                "run_id": "scheduled__d",
-                "drilled_at": drilled_at.isoformat(),
-                "rto_objective_seconds": 1800.0,
-                "outcome": "passed",
-                "error": None,
-                "backups": [
-                    {
-                        "backup_id": sets[0].backup_id,
-                        "ok": True,
-                        "counts_ok": True,
-                        "rto_seconds": 7.0,
-                        "checks": [],
-                        "differences": [],
-                        "error": None,
-                    }
-                ],
-            }
-        ).encode(),
-    )
+    write_drill_report(put, target, NOW - timedelta(days=1), [sets[0]])
     index_io.rebuild(store, target)
     return sets
 

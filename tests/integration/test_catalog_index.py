@@ -22,7 +22,7 @@ from pg_backup.core import layout
 from pg_backup.core.config import StorageConfig
 from pg_backup.core.manifest import Manifest, Verification
 from tests.conftest import S3Server
-from tests.integration.fake_sets import FakeSet, write_set
+from tests.integration.fake_sets import FakeSet, write_drill_report, write_set
 
 TARGET = "voting"
 BASE = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
@@ -67,31 +67,7 @@ def history(store: Any) -> list[FakeSet]:
 
 def put_reports(store: Any, sets: list[FakeSet]) -> None:
     """A drill report (first set passed) and a sweep report (dry run: everything kept)."""
-    drilled_at = BASE + timedelta(days=2, hours=4)
-    store.put_bytes(
-        layout.drill_report_key(TARGET, drilled_at, "scheduled__x"),
-        json.dumps(
-            {
-                "target": TARGET,
-                "run_id": "scheduled__x",
-                "drilled_at": drilled_at.isoformat(),
-                "rto_objective_seconds": 1800.0,
-                "outcome": "passed",
-                "error": None,
-                "backups": [
-                    {
-                        "backup_id": sets[0].backup_id,
-                        "ok": True,
-                        "counts_ok": True,
-                        "rto_seconds": 9.5,
-                        "checks": [],
-                        "differences": [],
-                        "error": None,
-                    }
-                ],
-            }
-        ).encode(),
-    )
+    write_drill_report(put(store), TARGET, BASE + timedelta(days=2, hours=4), [sets[0]])
     as_of = BASE + timedelta(days=2, hours=5)
     store.put_bytes(
         layout.sweep_report_key(TARGET, as_of, "scheduled__y"),
@@ -317,3 +293,60 @@ def test_a_failing_index_write_never_fails_the_task(tmp_path, s3_server, caplog)
         index_io.record_set(Refusing(shared), manifest_of(shared, fake))
     assert "not updated after upload" in caplog.text and "AccessDenied" in caplog.text
     assert index_io.read_index(shared, TARGET) is None
+
+
+def test_sweep_report_hook_and_cli_rebuild(tmp_path, s3_server, age_keys, capsys):
+    """The sweep's report task rebuilds the index with each set's fate; the CLI prints it."""
+    import yaml
+
+    from pg_backup import cli
+    from pg_backup.core.config import load_config
+    from pg_backup.stages.runtime import Runtime
+    from pg_backup.stages.sweep import store_report
+
+    shared = make_store("file", tmp_path, s3_server)
+    sets = history(shared)
+    config = tmp_path / "pg_backup.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {
+                    "scratch_conn_id": "s",
+                    "storage": {"url": shared.url},
+                    "encryption": {"recipients": [age_keys.public]},
+                },
+                "targets": {TARGET: {"source_conn_id": "src"}},
+            }
+        )
+    )
+    rt = Runtime(load_config(config).target(TARGET), storage=shared)
+    as_of = BASE + timedelta(days=3)
+    planned = {
+        "as_of": as_of.isoformat(),
+        "policy": {"daily": 7, "weekly": 4, "monthly": 12},
+        "refused": None,
+        "sets": [
+            {
+                "backup_id": f.backup_id,
+                "taken_at": f.taken_at.isoformat(),
+                "keep": f.status != "failed",
+                "rules": [] if f.status == "failed" else ["grace 3d"],
+            }
+            for f in sets
+        ],
+    }
+    deleted = {"deleted_sets": [], "deleted_objects": 0, "locked": [], "dry_run": True}
+    store_report(rt, "scheduled__sweep", as_of, planned, deleted, {})
+    index = index_io.read_index(shared, TARGET)
+    assert index is not None and index.sweep and index.sweep.run_id == "scheduled__sweep"
+    fates = {s.backup_id: s.retention for s in index.sets}
+    assert all(fates[f.backup_id] for f in sets)
+    failed = fates[sets[1].backup_id]
+    assert failed and not failed.keep and failed.dry_run
+
+    shared.delete(layout.catalog_key(TARGET))
+    assert cli.main(["--config", str(config), "catalog", TARGET]) == 1
+    assert cli.main(["--config", str(config), "catalog", TARGET, "--rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert "no catalog index" in out and f"{len(sets)} set(s); index rebuilt" in out
+    assert all(f.backup_id in out for f in sets)
