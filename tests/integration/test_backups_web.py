@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -121,7 +122,7 @@ def web(
         "AIRFLOW__CORE__AUTH_MANAGER": f"{__name__}.PerDagAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,alice:viewer,nobody:",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__API_AUTH__JWT_SECRET": "test-jwt-secret-for-the-web-tests",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),  # 64 bytes, as HS512 wants
         "AIRFLOW_CONN_PG_BACKUP_METRICS": json.dumps(
             {"conn_type": "generic", "password": SCRAPE_TOKEN}
         ),

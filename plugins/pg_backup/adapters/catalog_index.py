@@ -184,7 +184,9 @@ def update(store: Storage, target: str, change: Change, *, rebuild: bool = False
     )
 
 
-def _best_effort(what: str, target: str, store: Storage, change: Change, rebuild: bool = False):  # noqa: ANN202
+def _best_effort(
+    what: str, target: str, store: Storage, change: Change, rebuild: bool = False
+) -> CatalogIndex | None:
     try:
         return update(store, target, change, rebuild=rebuild)
     except Exception as exc:  # noqa: BLE001 - the index is derived data; see the module doc

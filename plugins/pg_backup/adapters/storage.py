@@ -473,19 +473,21 @@ class S3Storage(Storage):
 
     def get_versioned(self, key: str) -> tuple[bytes, str] | None:
         """GET a small object and its ETag."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(response["Body"].read()), str(response["ETag"])
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise StorageError(f"read {self.describe(key)}: {exc}") from None
-        return bytes(response["Body"].read()), str(response["ETag"])
+        except BotoCoreError as exc:
+            raise StorageError(f"read {self.describe(key)}: {exc}") from None
 
     def put_if(self, key: str, data: bytes, tag: str | None) -> bool:
         """PUT with ``If-Match: <ETag>`` (or ``If-None-Match: *``): S3's conditional write."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
         try:
@@ -505,6 +507,8 @@ class S3Storage(Storage):
             # A store without conditional writes: last writer wins until the next rebuild.
             log.warning("%s: the store has no conditional writes; writing anyway", self.url)
             self.put_bytes(key, data)
+        except BotoCoreError as exc:
+            raise StorageError(f"upload {self.describe(key)}: {exc}") from None
         return True
 
 
