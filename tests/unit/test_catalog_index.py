@@ -161,6 +161,8 @@ def test_drill_outcomes_per_set_without_table_names():
     }
     assert "Vote" not in index.to_bytes().decode()
     assert [d.outcome for d in index.drills] == ["failed"]
+    broken = {**drill_report(day(30, 5), [], "failed"), "error": "choose did not complete: x"}
+    assert ci.with_drill(index, broken, "d", NOW).drills[0].error == "choose did not complete"
 
 
 def test_an_older_drill_report_does_not_override_a_newer_one():

@@ -346,8 +346,9 @@ def with_drill(
         drilled_at=report["drilled_at"],
         outcome="passed" if report.get("outcome") == "passed" else "failed",
         backups=[b["backup_id"] for b in report.get("backups", [])],
-        # The report's own error is one of the drill's fixed sentences, never a DB message.
-        error=(str(report["error"])[:200] if report.get("error") else None),
+        # Up to the first colon: the drill's own sentence ("choose did not complete"), never
+        # what follows it.
+        error=(str(report["error"]).split(":", 1)[0][:80] if report.get("error") else None),
     )
     when = datetime.fromisoformat(run.drilled_at)
     entries = drill_entries(report, dag_id)
