@@ -59,6 +59,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, parts[0]))
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadfile``, all of tests/e2e goes to one worker: one Airflow stack for all.
+
+    The stack is a session fixture, so each worker that ran an e2e file would start its own
+    (40 s and ~1 GB each); the e2e files share it instead, one after the other.
+    """
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneStackScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = str(super()._split_scope(nodeid))
+            return "tests/e2e" if scope.startswith("tests/e2e/") else scope
+
+    return OneStackScheduling(config, log)
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface."""
     with socket.socket() as sock:

@@ -1,5 +1,7 @@
 """Stage time budgets: a listener mails once when a stage ends (success or final failure) late.
 
+It also sends each finished stage's duration to Airflow's metrics (``emit_duration``).
+
 The budget is a warning, not a limit: ``execution_timeout`` (the larger ``timeouts.*``) is what
 stops a hung stage. Registered by ``plugins/pg_backup_plugin.py``; runs in the task process.
 """
@@ -95,10 +97,31 @@ def _is_final_failure(task_instance: Any) -> bool:
     return "up_for_retry" not in state
 
 
+def emit_duration(task_instance: Any, ended: datetime) -> None:
+    """A backup stage ended well: its duration as a timer through Airflow's Stats.
+
+    ``pg_backup.<target>.stage.<stage>`` tagged ``target`` and ``stage`` (StatsD or
+    OpenTelemetry, whichever the deployment configured; nothing when neither is).
+    """
+    cfg = target_of(task_instance.dag_id, _config())
+    if cfg is None or task_instance.task_id not in {s.value for s in Stage}:
+        return
+    if task_instance.start_date is None:
+        return
+    from airflow.sdk.observability import stats
+
+    stats.timing(
+        f"pg_backup.{cfg.name}.stage.{task_instance.task_id}",
+        ended - task_instance.start_date,
+        tags={"target": cfg.name, "stage": task_instance.task_id},
+    )
+
+
 @hookimpl
 def on_task_instance_success(previous_state: Any, task_instance: Any) -> None:
-    """A stage succeeded: mail if it took longer than its budget."""
+    """A stage succeeded: its duration metric, and a mail if it took longer than its budget."""
     try:
+        emit_duration(task_instance, datetime.now(UTC))
         _check(task_instance, "success")
     except Exception:  # a listener must never fail the task it watches
         log.exception("pg_backup budget listener failed")

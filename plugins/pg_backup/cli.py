@@ -105,6 +105,38 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catalog(args: argparse.Namespace) -> int:
+    """Show the target's catalog index (what the Backups page reads), or rebuild it."""
+    from pg_backup.adapters import catalog_index
+    from pg_backup.adapters.storage import open_storage
+    from pg_backup.core.layout import catalog_key
+
+    cfg = _load_target(args)
+    store = open_storage(cfg.storage)
+    index = (
+        catalog_index.rebuild(store, cfg.name)
+        if args.rebuild
+        else catalog_index.read_index(store, cfg.name)
+    )
+    if index is None:
+        print(f"no catalog index for {cfg.name} in {store.url}: run with --rebuild")
+        return 1
+    if args.json:
+        print(index.to_bytes().decode())
+        return 0
+    for s in index.sets:
+        fate = s.retention and ("kept" if s.retention.keep else "deleted")
+        print(
+            f"{s.backup_id:<46} {s.status:<10} drill {s.drill.outcome if s.drill else '-':<6} "
+            f"sweep {fate or '-'}"
+        )
+    print(
+        f"{len(index.sets)} set(s); index rebuilt {index.built_at[:19]}, updated "
+        f"{index.updated_at[:19]} (UTC), {store.describe(catalog_key(cfg.name))}"
+    )
+    return 0
+
+
 def _runtime(args: argparse.Namespace, cfg: Any) -> Any:
     """The target's resources; the private keys from ``--identity`` when given."""
     from pg_backup.core.errors import ConfigError
@@ -247,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="backup sets of a target, newest first")
     listing.add_argument("target")
     listing.set_defaults(func=_list)
+    catalog = sub.add_parser("catalog", help="the catalog index the Backups page reads")
+    catalog.add_argument("target")
+    catalog.add_argument("--rebuild", action="store_true", help="rebuild it from storage now")
+    catalog.add_argument("--json", action="store_true", help="print the index document")
+    catalog.set_defaults(func=_catalog)
     for name, func, text in (
         ("verify", _verify, "download, check the hash, decrypt and decompress (no restore)"),
         ("restore", _restore, "restore a set into a new or empty database, then check counts"),

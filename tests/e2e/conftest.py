@@ -8,7 +8,8 @@ each with its own source database on the real PostgreSQL:
 * ``healthy``  defaults, a short-ish SLA: must end green and mail nothing;
 * ``slow``     a 20 s SLA, its source is blocked by a lock the test holds: SLA-miss mail;
 * ``tight``    a 3 s preflight budget, its source blocked ~8 s by a lock: one budget mail;
-* ``broken``   ``dump.schemas: [no_such_schema]``: pg_dump fails on every try: one failure mail.
+* ``broken``   ``dump.schemas: [no_such_schema]``: pg_dump fails on every try: one failure mail;
+* ``shown``    mails nobody: its backup, drill and sweep fill the Backups page (test_backups_page).
 
 Mail goes to the aiosmtpd sink of ``tests/conftest.py``; storage is ``file://`` under tmp.
 The user-facing surface is used like a user would: the simple auth manager's login
@@ -56,7 +57,11 @@ TARGETS: dict[str, dict[str, Any]] = {
     "tight": {"budgets": {"preflight": f"{TIGHT_PREFLIGHT_BUDGET_S}s"}},
     # The database exists (preflight passes) but pg_dump finds nothing to dump and exits 1.
     "broken": {"dump": {"schemas": ["no_such_schema"]}},
+    # The Backups page's target: its drill and sweep must not add mails the alert tests count.
+    "shown": {"alerts": {"emails": []}},
 }
+# A logged-in user with no role: may read no DAG (the page must refuse them).
+NO_ROLE_USER = "nobody"
 
 
 def _set_child_subreaper(on: bool) -> None:
@@ -336,6 +341,7 @@ def _drop_databases(sources: dict[str, str]) -> None:
         psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     # pgb_verify_<target>_<time>_emergency
     mine = " OR ".join(f"datname LIKE 'pgb\\_verify\\_{n}\\_%\\_emergency'" for n in TARGETS)
+    mine += " OR " + " OR ".join(f"datname LIKE 'pgb\\_drill\\_{n}\\_%'" for n in TARGETS)
     for row in psql(f"SELECT datname FROM pg_database WHERE {mine}").splitlines():
         psql(f'DROP DATABASE IF EXISTS "{row}" WITH (FORCE)')
 
@@ -432,6 +438,7 @@ def airflow_stack(
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(root / "ui-login.json"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"admin:admin,{NO_ROLE_USER}:",
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
@@ -445,6 +452,10 @@ def airflow_stack(
                 f"AIRFLOW_CONN_{SMTP_CONN_ID.upper()}"
             ],
             f"AIRFLOW_CONN_{SCRATCH_CONN_ID.upper()}": pg_conn_json("postgres"),
+            # The drills' private key (encryption.identity_conn_id's default).
+            "AIRFLOW_CONN_PG_BACKUP_AGE_IDENTITY": json.dumps(
+                {"conn_type": "generic", "password": age_keys.secret}
+            ),
             **{
                 f"AIRFLOW_CONN_PGB_E2E_SRC_{name.upper()}": pg_conn_json(db)
                 for name, db in sources.items()

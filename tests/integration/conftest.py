@@ -161,8 +161,12 @@ def xcoms(dag_run: Any) -> dict[str, Any]:
 
 
 def objects(storage: Any, prefix: str = "") -> dict[str, int]:
-    """key -> size of everything in a storage below a prefix (preflight marker excluded)."""
-    return {o.key: o.bytes for o in storage.list(prefix) if "/.preflight" not in o.key}
+    """key -> size of everything in a storage below a prefix (preflight marker, index excluded)."""
+    return {
+        o.key: o.bytes
+        for o in storage.list(prefix)
+        if not o.key.endswith(("/.preflight", "/catalog.json"))
+    }
 
 
 @pytest.fixture

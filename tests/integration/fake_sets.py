@@ -124,3 +124,35 @@ def write_set(
 def daily_history(put: Put, target: str, newest: datetime, days: int) -> list[FakeSet]:
     """One verified scheduled set per day, ``newest`` and the ``days - 1`` days before it."""
     return [write_set(put, target, newest - timedelta(days=i)) for i in range(days)]
+
+
+def write_drill_report(
+    put: Put, target: str, at: datetime, passed: list[FakeSet], failed: list[FakeSet] = ()
+) -> dict:
+    """A drill report as the drill's report task builds and stores it (``build_report``).
+
+    ``passed`` sets restored with exact counts; ``failed`` ones had a count differ.
+    """
+    import json
+
+    from pg_backup.core.drill_report import DrilledBackup, build_report
+    from pg_backup.core.names import DRILL_PHASES
+
+    drilled = [
+        DrilledBackup(
+            backup_id=f.backup_id,
+            kind=f.kind,
+            taken_at=f.taken_at.isoformat(),
+            stored_bytes=100,
+            age_hours=round((at - f.taken_at).total_seconds() / 3600, 2),
+            phases={p.value: 1.5 for p in DRILL_PHASES},
+            relations=9,
+            rows=5513,
+            counts_ok=f in passed,
+        )
+        for f in [*passed, *failed]
+    ]
+    run_id = f"scheduled__{at.isoformat()}"
+    doc = build_report(target, run_id, at, 1, 1800.0, drilled)
+    put(layout.drill_report_key(target, at, run_id), json.dumps(doc).encode())
+    return doc

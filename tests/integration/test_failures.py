@@ -74,7 +74,7 @@ def storage_keys(h: Harness) -> list[str]:
 
 def set_keys(h: Harness) -> list[str]:
     """Keys of backup sets (the preflight's writability marker left out)."""
-    return [k for k in storage_keys(h) if "/.preflight" not in k]
+    return [k for k in storage_keys(h) if not k.endswith(("/.preflight", "/catalog.json"))]
 
 
 def verify_dbs(h: Harness) -> list[str]:

@@ -52,7 +52,7 @@ def set_keys(store: Any, target: str) -> set[str]:
     return {
         o.key
         for o in store.list(f"{target}/")
-        if not o.key.startswith((f"{target}/sweeps/", f"{target}/drills/", f"{target}/.preflight"))
+        if not o.key.startswith(tuple(f"{target}/{name}" for name in layout.NOT_SETS))
     }
 
 

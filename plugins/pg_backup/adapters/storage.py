@@ -90,6 +90,20 @@ class Storage(ABC):
         """Full location of a key, for messages."""
         return f"{self.url}/{key}"
 
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """A small document and a tag of this version of it (None: no such key).
+
+        The tag is what ``put_if`` compares against: S3's ETag, a file's sha256.
+        """
+        raise NotImplementedError
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        """Store a small document only if the key still holds version ``tag`` (None: absent).
+
+        False when another writer got there first: the caller re-reads and re-applies its change.
+        """
+        raise NotImplementedError
+
 
 def same_checksum(stored: str, expected: str) -> bool:
     """Compare S3 checksums; a composite's ``-N`` part count is compared only when both show it.
@@ -186,13 +200,13 @@ class FileStorage(Storage):
             parent = parent.parent
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
-        """Walk the directory below the prefix (``.part`` files are in-flight, not objects)."""
+        """Walk the directory below the prefix (``.part`` and ``.lock`` files are not objects)."""
         base = self._path(prefix) if prefix else self.root
         if not base.exists():
             return
         for dirpath, _, files in os.walk(base):
             for name in sorted(files):
-                if name.endswith(".part"):
+                if name.endswith((".part", ".lock")):
                     continue
                 path = Path(dirpath) / name
                 stat = path.stat()
@@ -209,6 +223,31 @@ class FileStorage(Storage):
             self.put_bytes(key, b"pg_backup preflight\n")
         except OSError as exc:
             raise StorageError(f"cannot write to {self.url}: {exc}") from None
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """Read a file and its sha256 (the version tag)."""
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        """Compare and write under an exclusive lock on ``<key>.lock`` (``flock``; NFS too)."""
+        import fcntl
+
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{dest}.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = self.get_versioned(key)
+                if (current[1] if current else None) != tag:
+                    return False
+                self.put_bytes(key, data)
+                return True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class S3Storage(Storage):
@@ -431,6 +470,46 @@ class S3Storage(Storage):
         """The bucket answers and accepts a small fixed object (overwritten each time)."""
         self._call(f"reach bucket {self.bucket}", self.client.head_bucket, Bucket=self.bucket)
         self.put_bytes(key, b"pg_backup preflight\n")
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """GET a small object and its ETag."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(response["Body"].read()), str(response["ETag"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise StorageError(f"read {self.describe(key)}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"read {self.describe(key)}: {exc}") from None
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        """PUT with ``If-Match: <ETag>`` (or ``If-None-Match: *``): S3's conditional write."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                **self._extra_args(None),
+                **condition,
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
+                return False
+            if code != "NotImplemented":
+                raise StorageError(f"upload {self.describe(key)}: S3 error {code}") from None
+            # A store without conditional writes: last writer wins until the next rebuild.
+            log.warning("%s: the store has no conditional writes; writing anyway", self.url)
+            self.put_bytes(key, data)
+        except BotoCoreError as exc:
+            raise StorageError(f"upload {self.describe(key)}: {exc}") from None
+        return True
 
 
 def open_storage(cfg: StorageConfig, *, for_delete: bool = False) -> Storage:

@@ -5,8 +5,9 @@ One backup set in storage, below the storage URL::
     <target>/YYYY/MM/DD/<backup id>/{db.dump.zst.age, tables.json.age, manifest.json,
                                      verification.json}
 
-Beside the sets: ``<target>/drills/`` and ``<target>/sweeps/`` (reports) and
-``<target>/.preflight`` (the marker preflight writes to prove storage is writable).
+Beside the sets: ``<target>/drills/`` and ``<target>/sweeps/`` (reports),
+``<target>/.preflight`` (the marker preflight writes to prove storage is writable) and
+``<target>/catalog.json`` (the catalog index, ``core.catalog_index``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ ENCRYPTED_TABLES_FILE = TABLES_OBJECT
 PREFLIGHT_MARKER = ".preflight"
 DRILLS_DIR = "drills"
 SWEEPS_DIR = "sweeps"
-NOT_SETS = (PREFLIGHT_MARKER, f"{DRILLS_DIR}/", f"{SWEEPS_DIR}/")
+CATALOG_OBJECT = "catalog.json"  # also covers its lock file, catalog.json.lock
+NOT_SETS = (PREFLIGHT_MARKER, f"{DRILLS_DIR}/", f"{SWEEPS_DIR}/", CATALOG_OBJECT)
 
 _ID = re.compile(
     r"^(?P<target>[a-z][a-z0-9_]*)_(?P<ts>\d{8}T\d{6}Z)_(?P<kind>scheduled|emergency)$"
@@ -89,6 +91,11 @@ def split_set_key(key: str) -> tuple[str, str, str] | None:
 def preflight_key(target: str) -> str:
     """The small object preflight overwrites to prove storage is writable."""
     return f"{target}/{PREFLIGHT_MARKER}"
+
+
+def catalog_key(target: str) -> str:
+    """The target's catalog index: ``<target>/catalog.json``."""
+    return f"{target}/{CATALOG_OBJECT}"
 
 
 def safe_run_id(run_id: str) -> str:

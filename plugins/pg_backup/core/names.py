@@ -21,6 +21,10 @@ Status = Literal["verified", "failed", "unverified", "incomplete"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 
 
+# The Airflow connection whose password is the metrics endpoint's scrape token (optional).
+METRICS_TOKEN_CONN_ID = "pg_backup_metrics"
+
+
 class Stage(StrEnum):
     """The timed stages of a backup run: each is a task with a budget and a timeout."""
 

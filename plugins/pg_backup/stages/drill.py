@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pg_backup.adapters import staging
+from pg_backup.adapters import catalog_index, staging
 from pg_backup.adapters.catalog import complete_sets, inventory
 from pg_backup.adapters.notify import run_url, send_mail
 from pg_backup.core import layout
@@ -164,6 +164,7 @@ def report(
     key = layout.drill_report_key(cfg.name, at, run_id)
     first = not store.exists(key)  # a retried report task must not mail twice
     store.put_bytes(key, json.dumps(doc, indent=2).encode())
+    catalog_index.record_drill(store, cfg.name, doc)
     if first:
         send_mail(cfg, *report_mail(doc, run_url(cfg.alerts.base_url, dag_id, run_id)))
     if doc["outcome"] != "passed":

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pg_backup.adapters import catalog_index
 from pg_backup.adapters.catalog import (
     Inventory,
     delete_order,
@@ -210,4 +211,5 @@ def store_report(
     key = layout.sweep_report_key(rt.cfg.name, as_of, run_id)
     doc = {"run_id": run_id, "plan": planned, "delete": deleted, "housekeeping": kept}
     rt.storage.put_bytes(key, json.dumps(doc, indent=2, default=str).encode())
+    catalog_index.refresh(rt.storage, rt.cfg.name)
     return key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from pg_backup.adapters import catalog_index
 from pg_backup.adapters.storage import retain_until
 from pg_backup.core import layout
 from pg_backup.core.manifest import Emergency, Manifest, ObjectEntry
@@ -66,6 +67,7 @@ def upload_set(
         emergency=emergency,
     )
     store.put_bytes(prefix + layout.MANIFEST_OBJECT, manifest.to_bytes(), lock_until)
+    catalog_index.record_set(store, manifest, lock_until)
     location = store.describe(prefix)
     log.info("upload: set %s complete at %s (%d bytes)", run.backup_id, location, data.bytes)
     return UploadResult(location=location, data_bytes=data.bytes, data_sha256=data.sha256)

@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from pg_backup.adapters import staging
+from pg_backup.adapters import catalog_index, staging
 from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.adapters.storage import retain_until
 from pg_backup.core import layout
@@ -148,6 +148,7 @@ def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> 
         record.to_bytes(),
         retain_until(cfg.storage, run.taken_at),
     )
+    catalog_index.record_verification(rt.storage, run.target, record)
     log_proof(proof, "verify")
     if not proof.ok:
         raise VerificationFailed(
