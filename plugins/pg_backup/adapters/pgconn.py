@@ -68,12 +68,20 @@ class PgEndpoint:
         import psycopg
 
         try:
-            return psycopg.connect(**self.connect_kwargs(), **kwargs)
+            conn = psycopg.connect(**self.connect_kwargs(), **kwargs)
         except psycopg.OperationalError as exc:
             raise DatabaseUnreachable(
                 f"cannot connect to PostgreSQL {self.describe()} (connection {self.conn_id!r}): "
                 f"{_first_line(exc)}"
             ) from None
+        if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+            # A SQL_ASCII database holds bytes of no known encoding, which psycopg hands over as
+            # bytes. LATIN1 maps each byte to one character and back: names and text survive
+            # the round trip exactly (the server converts nothing for a SQL_ASCII database).
+            conn.execute("SET client_encoding TO 'LATIN1'")
+            if not conn.autocommit:
+                conn.commit()
+        return conn
 
     def libpq_env(self) -> dict[str, str]:
         """Environment for a child process: libpq reads the password from here, not argv."""

@@ -152,10 +152,9 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             from pg_backup.core.records import DumpResult, StagedFile
             from pg_backup.stages.encrypt import encrypt_set
 
+            dump = DumpResult.from_xcom(dumped)
             return encrypt_set(
-                runtime(context),
-                StagedFile.from_xcom(compressed),
-                DumpResult.from_xcom(dumped).tables,
+                runtime(context), StagedFile.from_xcom(compressed), dump.tables, dump.globals
             ).to_xcom()
 
         @stage(Stage.UPLOAD)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pg_backup.adapters import staging, tools
 from pg_backup.adapters.archive import pack_directory
+from pg_backup.adapters.dbprops import capture
 from pg_backup.core import layout
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.counts import count_relations, counts_to_json
@@ -98,6 +99,10 @@ def run_dump(rt: Runtime) -> DumpResult:
                 ):
                     # Counting runs while pg_dump works: both read the same snapshot.
                     counts = count_relations(cur, cfg.dump.schemas, cfg.dump.exclude_schemas)
+                    # Locale, settings, roles and grants, in the same snapshot (no superuser).
+                    props, globals_file = capture(
+                        cur, cfg.dump.schemas, cfg.dump.exclude_schemas, workdir, run.backup_id
+                    )
                     proc.wait()
                     if proc.returncode != 0:
                         raise ToolFailed(
@@ -124,6 +129,7 @@ def run_dump(rt: Runtime) -> DumpResult:
             server_version=server_version,
             # What the decompressed data object must be: checked by every restore from storage.
             dump={"bytes": dump.bytes, "sha256": dump.sha256, "format": fmt},
+            globals=props.model_dump(mode="json"),
         ),
     )
     progress.summary(dump.bytes, dump.bytes)
@@ -138,6 +144,8 @@ def run_dump(rt: Runtime) -> DumpResult:
         relations=len(counts),
         rows=sum(c.rows for c in counts if c.rows > 0),
         dump_format=fmt,
+        database=props.locale,
+        globals=globals_file,
     )
 
 
