@@ -459,3 +459,48 @@ def test_manifest_locale_changed_after_the_backup_is_caught(backed_up, standby):
     assert done.returncode == 2, done.stdout + done.stderr
     assert "the manifest was changed after the backup" in done.stderr
     assert standby.psql("SELECT count(*) FROM pg_database WHERE datname = 'tampered'") == "0"
+
+
+def test_sql_ascii_source_works_end_to_end(harness_factory, age_keys):
+    """SQL_ASCII: dump, counts, verify, drill and CLI restore into SQL_ASCII, bytes kept exactly."""
+    from pg_backup.dags.drill import build_drill_dag
+
+    h = harness_factory("file", schema="")
+    psql(f'DROP DATABASE "{h.source_db}"')
+    psql(f"CREATE DATABASE \"{h.source_db}\" ENCODING 'SQL_ASCII' LOCALE 'C' TEMPLATE template0")
+
+    def ascii_db(db: str) -> Any:
+        # psycopg hands over SQL_ASCII text as bytes: the bytes themselves, as stored.
+        return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=db, autocommit=True)
+
+    # Bytes of no known encoding: a Latin-1 é in a table name, and text that is not UTF-8.
+    with ascii_db(h.source_db) as conn:
+        conn.execute(b'CREATE TABLE "caf\xe9" (t text)')
+        conn.execute(b"INSERT INTO \"caf\xe9\" SELECT '\xff\xfe' || i FROM generate_series(1, 7) i")
+    os.environ["AIRFLOW_CONN_PGB_ASCII_IDENTITY"] = json.dumps(
+        {"conn_type": "generic", "password": age_keys.secret}
+    )
+    cfg = h.write_config(encryption={"identity_conn_id": "pgb_ascii_identity"})
+    states = task_states(h.run())
+    assert set(states.values()) == {"success"}, states
+
+    h._clock += timedelta(hours=1)
+    run = build_drill_dag(cfg).test(run_after=h._clock, logical_date=h._clock)
+    assert set(task_states(run).values()) == {"success"}, task_states(run)
+
+    key = next(o.key for o in h.storage().list(f"{h.name}/") if o.key.endswith("manifest.json"))
+    into = f"pgbt_ascii_into_{h.name}"
+    try:
+        done = cli(h, "restore", h.name, key.split("/")[-2], "--into", f"dbname={into}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "verified  2 relations, 7 rows" in done.stdout
+        encoding = f"SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = '{into}'"
+        assert psql(encoding) == "SQL_ASCII"
+        rows = b'SELECT tableoid::regclass::text::bytea, t::bytea FROM "caf\xe9" ORDER BY 2'
+        with ascii_db(into) as restored, ascii_db(h.source_db) as source:
+            after = restored.execute(rows).fetchall()
+            assert after == source.execute(rows).fetchall()
+        assert after[0] == (b'"caf\xe9"', b"\xff\xfe1") and len(after) == 7
+    finally:
+        psql(f'DROP DATABASE IF EXISTS "{into}" WITH (FORCE)')
+        os.environ.pop("AIRFLOW_CONN_PGB_ASCII_IDENTITY", None)
