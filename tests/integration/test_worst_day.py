@@ -504,3 +504,46 @@ def test_sql_ascii_source_works_end_to_end(harness_factory, age_keys):
     finally:
         psql(f'DROP DATABASE IF EXISTS "{into}" WITH (FORCE)')
         os.environ.pop("AIRFLOW_CONN_PGB_ASCII_IDENTITY", None)
+
+
+def test_globals_script_takes_hostile_names_as_names(standby, tmp_path):
+    """Names holding a newline and a psql meta-command are created as names by globals.sql, never run."""
+    from psycopg import sql
+
+    from pg_backup.core.dbprops import DatabaseGlobals, DatabaseLocale, Role
+    from pg_backup.core.dbscript import render_script
+
+    sentinel = Path(f"/tmp/pgb-{uuid.uuid4().hex[:8]}")  # short: a role name has 63 bytes
+    nasty = f"evil\n\\! touch {sentinel}\n"
+    doc = DatabaseGlobals(
+        database="x",
+        locale=DatabaseLocale(encoding="UTF8", collate="C", ctype="C"),
+        owner=nasty,
+        comment=f"note\n\\! touch {sentinel}\n",
+        settings=[f"application_name=a'\n\\! touch {sentinel}"],
+        roles=[Role(name=nasty, login=True)],
+    )
+    (tmp_path / "globals.sql").write_text(render_script(doc, "b"))
+    standby.psql("CREATE DATABASE hostile")
+    try:
+        done = subprocess.run(
+            ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-v", "db=hostile"]
+            + ["-f", "globals.sql"],
+            cwd=tmp_path,
+            env=dict(os.environ, **standby.env()),
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert not sentinel.exists()
+        with standby.connect("hostile") as conn:
+            row = conn.execute(
+                "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database'),"
+                " (SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = d.oid)"
+                " FROM pg_database d WHERE datname = 'hostile'"
+            ).fetchone()
+        assert row == (nasty, doc.comment, doc.settings)
+    finally:
+        standby.psql("DROP DATABASE IF EXISTS hostile")
+        with standby.connect("postgres") as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(nasty)))
