@@ -16,10 +16,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
-# Command-line tools the tests and the stock-tools restore recipe use.
+# Command-line tools the tests and the stock-tools restore recipe use (aws: its S3 line).
 tools:
 	@missing=""; \
-	for t in age:age zstd:zstd psql:postgresql-client pg_dump:postgresql-client; do \
+	for t in age:age zstd:zstd psql:postgresql-client pg_dump:postgresql-client aws:awscli; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
