@@ -227,6 +227,25 @@ def restore_cli(h: Harness, standby: Cluster, *args: str) -> subprocess.Complete
         os.environ.pop("PGPASSWORD", None)
 
 
+def restore_with_manifest_saying(
+    h: Harness, standby: Cluster, into: str, **locale: str
+) -> subprocess.CompletedProcess[str]:
+    """``restore --roles`` while the set's manifest records another locale (put back after)."""
+    from pg_backup.core.manifest import Manifest
+
+    backup, prefix = only_set(h)
+    store = h.storage()
+    original = store.get_bytes(prefix + layout.MANIFEST_OBJECT)
+    manifest = Manifest.from_bytes(original)
+    assert manifest.database is not None
+    changed = manifest.model_copy(update={"database": manifest.database.model_copy(update=locale)})
+    store.put_bytes(prefix + layout.MANIFEST_OBJECT, changed.to_bytes())
+    try:
+        return restore_cli(h, standby, backup, "--roles", "--into", standby.dsn(into))
+    finally:
+        store.put_bytes(prefix + layout.MANIFEST_OBJECT, original)
+
+
 def test_icu_source_verifies_with_a_backup_login_without_superuser(backed_up, source):
     """The issue's locale input verifies; the manifest records the ICU locale; the login is no superuser."""
     states = task_states(backed_up.last_run)
@@ -301,6 +320,26 @@ def test_restore_with_roles_onto_a_new_server_is_the_source_as_it_was(backed_up,
             analyst.execute("SELECT secret FROM app.people")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             analyst.execute("INSERT INTO app.codes VALUES ('r')")
+
+
+def test_restore_with_roles_as_a_managed_services_admin(backed_up, source, standby):
+    """A login with CREATEDB and CREATEROLE but no superuser restores with roles, owners and grants."""
+    p, db = source["prefix"], "voting_by_admin"
+    standby.psql(
+        "DROP ROLE IF EXISTS pgbt_admin; CREATE ROLE pgbt_admin LOGIN CREATEDB CREATEROLE "
+        "PASSWORD 'admin-pw'"
+    )
+    admin = Cluster(standby.major, standby.name, standby.port, "admin-pw", user="pgbt_admin")
+    backup, _ = only_set(backed_up)
+    done = restore_cli(backed_up, admin, backup, "--roles", "--into", admin.dsn(db))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "as it was: locale, settings, roles, owners and grants equal the source's" in done.stdout
+    assert f"granted to the restoring login: {p}_owner" in done.stdout
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=source["db"]) as src:
+        before = catalogs(src, p)
+    with standby.connect(db) as restored:
+        after = catalogs(restored, p)
+    assert after["objects"] == before["objects"] and after["database"] == before["database"]
 
 
 def test_restore_without_roles_says_what_it_left_out(backed_up, source, standby):
@@ -401,7 +440,6 @@ def test_server_lacking_the_locale_is_refused_before_anything(backed_up, source,
     from pg_backup.adapters.pgconn import PgEndpoint
     from pg_backup.core.dbprops import DatabaseLocale
     from pg_backup.core.errors import RestoreError
-    from pg_backup.core.manifest import Manifest
 
     server = PgEndpoint(
         "standby", standby.host, standby.port, standby.user, "postgres", standby.password
@@ -416,19 +454,7 @@ def test_server_lacking_the_locale_is_refused_before_anything(backed_up, source,
 
     # The same through the command line: the manifest (read first) names a locale this server
     # lacks; the refusal comes before any download and leaves no database behind.
-    backup, prefix = only_set(backed_up)
-    store = backed_up.storage()
-    original = store.get_bytes(prefix + layout.MANIFEST_OBJECT)
-    manifest = Manifest.from_bytes(original)
-    assert manifest.database is not None
-    changed = manifest.model_copy(
-        update={"database": manifest.database.model_copy(update={"collate": "xx_XX.UTF-8"})}
-    )
-    store.put_bytes(prefix + layout.MANIFEST_OBJECT, changed.to_bytes())
-    try:
-        done = restore_cli(backed_up, standby, backup, "--roles", "--into", standby.dsn("nope"))
-    finally:
-        store.put_bytes(prefix + layout.MANIFEST_OBJECT, original)
+    done = restore_with_manifest_saying(backed_up, standby, "nope", collate="xx_XX.UTF-8")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "lacks the locale 'xx_XX.UTF-8'" in done.stderr and "Nothing was restored" in done.stderr
     assert "fetched" not in done.stdout
@@ -441,21 +467,7 @@ def test_server_lacking_the_locale_is_refused_before_anything(backed_up, source,
 
 def test_manifest_locale_changed_after_the_backup_is_caught(backed_up, standby):
     """A manifest whose locale differs from the encrypted record is refused; the new database is dropped."""
-    from pg_backup.core.manifest import Manifest
-
-    backup, prefix = only_set(backed_up)
-    store = backed_up.storage()
-    original = store.get_bytes(prefix + layout.MANIFEST_OBJECT)
-    manifest = Manifest.from_bytes(original)
-    assert manifest.database is not None
-    changed = manifest.model_copy(
-        update={"database": manifest.database.model_copy(update={"locale_provider": "libc"})}
-    )
-    store.put_bytes(prefix + layout.MANIFEST_OBJECT, changed.to_bytes())
-    try:
-        done = restore_cli(backed_up, standby, backup, "--into", standby.dsn("tampered"))
-    finally:
-        store.put_bytes(prefix + layout.MANIFEST_OBJECT, original)
+    done = restore_with_manifest_saying(backed_up, standby, "tampered", locale_provider="libc")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "the manifest was changed after the backup" in done.stderr
     assert standby.psql("SELECT count(*) FROM pg_database WHERE datname = 'tampered'") == "0"

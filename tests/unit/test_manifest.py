@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from pg_backup.core.dbprops import DatabaseLocale
 from pg_backup.core.manifest import Emergency, Manifest, ObjectEntry, Verification
+from tests.unit.test_dbprops import ICU
 
 PREFIX = "voting/2025/03/09/voting_20250309T020000Z_emergency/"
 SHA = hashlib.sha256(b"data").hexdigest()
@@ -81,14 +82,7 @@ def manifest_fields(**overrides: Any) -> dict[str, Any]:
         "data": ObjectEntry(key=PREFIX + "db.dump.zst.age", bytes=50_000, sha256=SHA),
         "tables": ObjectEntry(key=PREFIX + "tables.json.age", bytes=900, sha256=SHA),
         "emergency": Emergency(reason="before schema migration", keep_days=90, triggered_by="ana"),
-        "database": DatabaseLocale(
-            encoding="UTF8",
-            locale_provider="icu",
-            collate="C.UTF-8",
-            ctype="C.UTF-8",
-            provider_locale="en-US",
-            collation_version="153.120",
-        ),
+        "database": ICU,
         "globals": ObjectEntry(key=PREFIX + "globals.sql.age", bytes=700, sha256=SHA),
     }
     fields.update(overrides)
