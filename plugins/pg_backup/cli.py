@@ -238,8 +238,8 @@ def _report_restore(done: Any) -> None:
             print(f"          granted to the restoring login: {', '.join(made.granted_to_login)}")
     if done.settings_applied or done.settings_failed:
         print(
-            f"settings  {done.settings_applied} statement(s) applied: the database's settings, comment"
-            + (", owner and grants" if done.roles else "")
+            f"settings  {done.settings_applied} statement(s) applied: the database's settings, "
+            + ("comment, owner and grants" if done.roles else "comment")
         )
     for failed in done.settings_failed:
         print(f"NOT applied: {failed}")

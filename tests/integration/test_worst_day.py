@@ -441,6 +441,21 @@ def test_server_lacking_the_locale_is_refused_before_anything(backed_up, source,
     from pg_backup.core.dbprops import DatabaseLocale
     from pg_backup.core.errors import RestoreError
 
+    # Preflight's probe, which creates nothing, says the same of the scratch server.
+    scratch = PgEndpoint("scratch", PG_HOST, PG_PORT, PG_USER, "postgres")
+    with pytest.raises(RestoreError, match="lacks the locale 'xx_XX.UTF-8'"):
+        Databases(scratch, None).check_locale(
+            DatabaseLocale(encoding="UTF8", collate="C.UTF-8", ctype="xx_XX.UTF-8")
+        )
+    checked = cli(backed_up, "check", backed_up.name)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert (
+        "ok   "
+        + backed_up.name
+        + ": scratch server holds the source's locale: UTF8, ICU locale en-US"
+        in checked.stdout
+    )
+
     server = PgEndpoint(
         "standby", standby.host, standby.port, standby.user, "postgres", standby.password
     )

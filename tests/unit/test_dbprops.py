@@ -20,6 +20,7 @@ from pg_backup.core.dbprops import (
     ident,
     locale_error,
     parse_aclitem,
+    probe_locale_sql,
     set_clause,
     split_guc_list,
 )
@@ -135,6 +136,16 @@ def test_locale_error_names_the_missing_locale_and_the_fix() -> None:
     assert "lacks the locale 'xx_YY'" in str(err)
     err = locale_error(ICU, "pg@new", 'encoding "LATIN1" does not match locale "C.UTF-8"')
     assert "does not match locale" in str(err) and "Nothing was restored" in str(err)
+
+
+def test_locale_probe_loads_libc_locales_only_when_not_c() -> None:
+    """The preflight probe is a temporary collation of the source's libc locales; none for C."""
+    assert probe_locale_sql(ICU) == (
+        "CREATE COLLATION pg_temp.pg_backup_probe (LC_COLLATE = 'C.UTF-8', LC_CTYPE = 'C.UTF-8')"
+    )
+    assert (
+        probe_locale_sql(DatabaseLocale(encoding="SQL_ASCII", collate="C", ctype="POSIX")) is None
+    )
 
 
 def test_create_role_leaves_out_what_only_a_superuser_may_give() -> None:

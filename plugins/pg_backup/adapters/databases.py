@@ -19,6 +19,8 @@ from pg_backup.core.dbprops import (
     database_settings_sql,
     ident,
     locale_error,
+    missing_locale,
+    probe_locale_sql,
     role_in_database_sql,
     split_setting,
 )
@@ -115,7 +117,8 @@ class Databases:
             # An existing database is dropped only once its successor exists: a server that
             # cannot hold the locale must not cost the database that is there.
             fresh = _successor_name(name) if exists else name
-            conn.execute(f"DROP DATABASE IF EXISTS {ident(fresh)} WITH (FORCE)")
+            # (Also what a call killed between its drop and its rename left behind.)
+            conn.execute(f"DROP DATABASE IF EXISTS {ident(_successor_name(name))} WITH (FORCE)")
             try:
                 conn.execute(create_database_sql(fresh, locale))
             except (
@@ -129,6 +132,32 @@ class Databases:
                 conn.execute(f"ALTER DATABASE {ident(fresh)} RENAME TO {ident(name)}")
         log.info("created database %s on %s (%s)", name, server, locale.describe())
         return self.server.with_db(name)
+
+    def check_locale(self, locale: DatabaseLocale) -> str:
+        """Prove, creating nothing, that this server can make a database in ``locale``.
+
+        The server's version and ICU build are checked, and its operating system's libc
+        locales loaded into a temporary collation that is rolled back. An error that does not
+        name a missing locale (an encoding the maintenance database does not share) proves
+        nothing either way: ``create`` decides then.
+
+        :raises RestoreError: naming the missing piece and how to get it
+        """
+        from psycopg import Error
+
+        server = self.server.describe()
+        with self.server.connect(autocommit=True) as conn:
+            major, has_icu = conn.execute(_SERVER_SQL).fetchone() or (0, False)
+            check_target_server(locale, server, int(major), bool(has_icu))
+            probe = probe_locale_sql(locale)
+            if probe is not None:
+                try:
+                    with conn.transaction(force_rollback=True):
+                        conn.execute(probe)
+                except Error as exc:
+                    if missing_locale(str(exc)):
+                        raise locale_error(locale, server, str(exc)) from None
+        return locale.describe()
 
     def configure(
         self, name: str, doc: DatabaseGlobals, with_roles: bool, created: list[str] | None = None

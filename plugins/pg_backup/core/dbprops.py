@@ -312,12 +312,21 @@ def check_target_server(loc: DatabaseLocale, server: str, major: int, has_icu: b
         )
 
 
+_MISSING_LOCALE = re.compile(r'(?:invalid locale name:|could not create locale) "([^"]+)"')
+
+
+def missing_locale(message: str) -> str | None:
+    """The locale a PostgreSQL error says the server lacks, if it says so."""
+    found = _MISSING_LOCALE.search(message)
+    return found.group(1) if found else None
+
+
 def locale_error(loc: DatabaseLocale, server: str, message: str) -> RestoreError:
     """The refusal for a ``CREATE DATABASE`` the server rejected for its locale or encoding."""
-    missing = re.search(r'(?:invalid locale name:|could not create locale) "([^"]+)"', message)
+    missing = missing_locale(message)
     if missing:
         return RestoreError(
-            f"the server {server} lacks the locale {missing.group(1)!r} of the source database "
+            f"the server {server} lacks the locale {missing!r} of the source database "
             f"({loc.describe()}): install it on that server's operating system (Debian: "
             f"uncomment it in /etc/locale.gen and run locale-gen, or install locales-all; no "
             "restart needed), or restore onto a server that has it. Nothing was restored"
@@ -326,6 +335,20 @@ def locale_error(loc: DatabaseLocale, server: str, message: str) -> RestoreError
         f"the server {server} cannot create a database as the source was ({loc.describe()}): "
         f"{message.strip()}. Install the locale with the source's character set there, or "
         "restore onto a server that has it. Nothing was restored"
+    )
+
+
+def probe_locale_sql(loc: DatabaseLocale) -> str | None:
+    """A temporary collation that loads the source's libc locales, or None when they are C.
+
+    PostgreSQL loads a locale when a collation is created, so this proves the server's
+    operating system has it, without creating a database (run it in a transaction, roll back).
+    """
+    if {loc.collate, loc.ctype} <= {"C", "POSIX"}:
+        return None
+    return (
+        f"CREATE COLLATION pg_temp.pg_backup_probe (LC_COLLATE = {literal(loc.collate)}, "
+        f"LC_CTYPE = {literal(loc.ctype)})"
     )
 
 

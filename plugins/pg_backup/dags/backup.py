@@ -40,8 +40,9 @@ Untick `verify` only when there is no time for the verification restore.
 """
 
 TASK_DOCS = {
-    Stage.PREFLIGHT: "Source reachable, pg_dump new enough, scratch server is not the source, "
-    "storage writable, staging space enough, recipients parse. Writes nothing.",
+    Stage.PREFLIGHT: "Source reachable, pg_dump new enough, scratch server is not the source "
+    "and holds the source's locale, storage writable, staging space enough, recipients parse. "
+    "Writes nothing.",
     Stage.DUMP: "pg_dump -Fc under an exported snapshot; exact row counts in that snapshot.",
     Stage.COMPRESS: "zstd over all cores; checks the dump's sha256 while reading it.",
     Stage.ENCRYPT: "age to the configured public keys; checks the input's sha256 while reading.",

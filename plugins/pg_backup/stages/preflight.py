@@ -14,6 +14,7 @@ from typing import Any
 from pg_backup.adapters import tools
 from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.core import layout
+from pg_backup.core.dbprops import DatabaseLocale
 from pg_backup.core.errors import PreflightError
 from pg_backup.core.records import PreflightResult
 from pg_backup.stages.runtime import Runtime
@@ -31,6 +32,12 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'information_schema'
   AND n.nspname NOT LIKE 'pg\\_%%'
 """
+
+
+_LOCALE_SQL = (
+    "SELECT pg_encoding_to_char(encoding), to_jsonb(d) - 'datacl' FROM pg_database d"
+    " WHERE datname = current_database()"
+)
 
 
 def check_pg_dump(pg_dump_major: int, server_major: int) -> None:
@@ -83,6 +90,7 @@ class Preflight:
         self.estimated = 0
         self.pg_dump_version = ""
         self.staging_free = 0
+        self.locale: DatabaseLocale | None = None
 
     def checks(self) -> list[tuple[str, Callable[[], str]]]:
         """(label, check) in the order they run; a check raises PgBackupError when it fails."""
@@ -92,6 +100,7 @@ class Preflight:
             (f"source connection {cfg.source_conn_id!r}", self.source),
             ("pg_dump and pg_restore", self.client_tools),
             (f"scratch connection {cfg.scratch_conn_id!r}", self.scratch),
+            ("scratch server holds the source's locale", self.scratch_locale),
             ("storage writable", self.storage),
             ("staging space", self.staging),
         ]
@@ -101,7 +110,7 @@ class Preflight:
         return f"{len(self.rt.recipients)} recipient(s)"
 
     def source(self) -> str:
-        """The source answers; its version and the size of its data."""
+        """The source answers; its version, the size of its data, its encoding and locale."""
         with self.rt.source.connect(autocommit=True) as conn:
             version, major = _one(
                 conn,
@@ -109,6 +118,7 @@ class Preflight:
                 " current_setting('server_version_num')::int / 10000",
             )
             self.estimated = int(_one(conn, _SIZE_SQL)[0])
+            self.locale = DatabaseLocale.from_catalog(*_one(conn, _LOCALE_SQL))
         self.server_version, self.server_major = str(version), int(major)
         return (
             f"{self.rt.source.describe()} PostgreSQL {version}, data about "
@@ -141,6 +151,12 @@ class Preflight:
                 "another login"
             )
         return scratch.describe()
+
+    def scratch_locale(self) -> str:
+        """The scratch server can create the verification database in the source's locale."""
+        if self.locale is None:
+            raise PreflightError("the source's locale is unknown: its check failed first")
+        return self.rt.scratch_databases.check_locale(self.locale)
 
     def storage(self) -> str:
         """Storage answers and takes a small object."""
