@@ -11,20 +11,22 @@ from pg_backup.core.dbprops import (
     ObjectGrants,
     Role,
     RoleSettings,
-    check_target_server,
     compare,
+    parse_aclitem,
+)
+from pg_backup.core.dbscript import render_script
+from pg_backup.core.dbsql import (
+    check_target_server,
     create_database_sql,
     create_role_sql,
     database_acl_sql,
     database_settings_sql,
     ident,
     locale_error,
-    parse_aclitem,
     probe_locale_sql,
     set_clause,
     split_guc_list,
 )
-from pg_backup.core.dbscript import render_script
 from pg_backup.core.errors import RestoreError
 
 ICU = DatabaseLocale(

@@ -13,6 +13,8 @@ from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.core.dbprops import (
     DatabaseGlobals,
     DatabaseLocale,
+)
+from pg_backup.core.dbsql import (
     check_target_server,
     create_database_sql,
     database_owner_sql,

@@ -26,15 +26,17 @@ from pg_backup.core.dbprops import (
     DatabaseLocale,
     Membership,
     RoleSettings,
-    create_role_sql,
-    grant_role_sql,
-    ident,
     objects_from_rows,
     referenced_roles,
-    role_statements,
     roles_from_rows,
 )
 from pg_backup.core.dbscript import render_script
+from pg_backup.core.dbsql import (
+    create_role_sql,
+    grant_role_sql,
+    ident,
+    role_statements,
+)
 from pg_backup.core.errors import RestoreError
 from pg_backup.core.records import StagedFile
 

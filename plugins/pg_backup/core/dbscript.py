@@ -17,6 +17,8 @@ from __future__ import annotations
 from pg_backup.core.dbprops import (
     DatabaseGlobals,
     Role,
+)
+from pg_backup.core.dbsql import (
     create_role_sql,
     database_owner_sql,
     database_settings_sql,
