@@ -488,6 +488,30 @@ def test_manifest_locale_changed_after_the_backup_is_caught(backed_up, standby):
     assert standby.psql("SELECT count(*) FROM pg_database WHERE datname = 'tampered'") == "0"
 
 
+def test_a_databases_own_timeouts_do_not_cut_pg_backup_short(make_db):
+    """statement_timeout and idle_in_transaction_session_timeout set on a database spare our sessions."""
+    import time
+
+    from pg_backup.adapters.pgconn import PgEndpoint
+
+    db = make_db("pgbt_timeouts")
+    psql(
+        f"ALTER DATABASE {db} SET statement_timeout = '10ms';"
+        f" ALTER DATABASE {db} SET idle_in_transaction_session_timeout = '50ms'"
+    )
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=db) as plain:
+        with pytest.raises(psycopg.errors.QueryCanceled):  # what the settings do to others
+            plain.execute("SELECT pg_sleep(0.2)")
+    ours = PgEndpoint("t", PG_HOST, PG_PORT, PG_USER, db)
+    with ours.connect(autocommit=True) as conn:
+        conn.execute("SELECT pg_sleep(0.2)")
+    with ours.connect(autocommit=False) as conn:  # a transaction left idle, as the dump's is
+        conn.execute("SELECT 1")
+        time.sleep(0.3)
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+        conn.rollback()
+
+
 def test_sql_ascii_source_works_end_to_end(harness_factory, age_keys):
     """SQL_ASCII: dump, counts, verify, drill and CLI restore into SQL_ASCII, bytes kept exactly."""
     from pg_backup.dags.drill import build_drill_dag
