@@ -16,11 +16,12 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
-# Command-line tools the tests and the stock-tools restore recipe use; chromium for the
-# Backups page's browser test (Playwright drives it: its own browser download is not used).
+# Command-line tools the tests and the stock-tools restore recipe use (aws: its S3 line);
+# chromium for the Backups page's browser test (Playwright drives it: its own browser download
+# is not used).
 tools:
 	@missing=""; \
-	for t in age:age zstd:zstd psql:postgresql-client pg_dump:postgresql-client chromium:chromium; do \
+	for t in age:age zstd:zstd psql:postgresql-client pg_dump:postgresql-client aws:awscli chromium:chromium; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

@@ -218,7 +218,6 @@ def _source_or_none(rt: Any) -> Any:
 
 def _restore(args: argparse.Namespace) -> int:
     import tempfile
-    import time
 
     from pg_backup.adapters.databases import Databases
     from pg_backup.core.errors import RestoreError
@@ -229,37 +228,78 @@ def _restore(args: argparse.Namespace) -> int:
     target = _restore_target(args)
     databases = Databases(target.with_db("postgres"), _source_or_none(rt))
     databases.guard(target.dbname)
-    exists = databases.exists(target.dbname)
-    if exists and not args.force:
+    if databases.exists(target.dbname) and not args.force:
         relations = databases.user_relations(target.dbname)
         if relations:
             raise RestoreError(
                 f"database {target.describe()} exists and holds {relations} relation(s); "
                 "restore into a new or empty database, or pass --force to drop and recreate it"
             )
-    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pg-backup-restore-") as tmp:
-        work = Path(tmp)
-        manifest, decrypted, opened = retrieve.open_set(
-            rt.storage, cfg.name, args.backup_id, rt.identities, work, _say
+        done = retrieve.restore_from_storage(
+            rt.storage,
+            cfg,
+            args.backup_id,
+            rt.identities,
+            databases,
+            target,
+            Path(tmp),
+            args.jobs,
+            roles=args.roles,
+            say=_say,
         )
-        if not exists or args.force:
-            databases.create(target.dbname)
-            _say(f"created   database {target.describe()}")
-        restored = retrieve.restore(target, work, opened, cfg, args.jobs)
-        _say(f"restored  with pg_restore -j {args.jobs} ({restored.seconds:.1f} s)")
-        doc = retrieve.table_document(work, decrypted)
-    proof = retrieve.prove_restore(target, doc, cfg)
-    total = time.monotonic() - started
-    for line in proof.notes():
+    _report_restore(done)
+    return 0 if done.ok else 1
+
+
+def _report_restore(done: Any) -> None:
+    """The end of ``pg-backup restore``: what came back as it was, and what did not."""
+    if done.made:
+        made = done.made
+        print(f"roles     created: {', '.join(made.created) or 'none'}")
+        if made.existing:
+            print(f"          existed, left as they are: {', '.join(made.existing)}")
+        if made.need_password:
+            print(
+                f"          need a password before they can log in (none is restored): "
+                f"{', '.join(made.need_password)} (ALTER ROLE <name> PASSWORD '...')"
+            )
+        for role, dropped in made.reduced.items():
+            print(f"          {role} created without {' '.join(dropped)}: only a superuser may")
+        if made.granted_to_login:
+            print(f"          granted to the restoring login: {', '.join(made.granted_to_login)}")
+    if done.settings_applied or done.settings_failed:
+        print(
+            f"settings  {done.settings_applied} statement(s) applied: the database's settings, "
+            + ("comment, owner and grants" if done.roles else "comment")
+        )
+    for failed in done.settings_failed:
+        print(f"NOT applied: {failed}")
+    for skipped in done.skipped:
+        print(f"not restored: {skipped}")
+    if not done.roles:
+        what = (
+            f"owners and grants of {done.not_restored} objects not restored"
+            if done.not_restored is not None
+            else "owners and grants not restored (this set records no roles)"
+        )
+        print(f"NOTE      {what}; rerun with --roles (and --force) to restore them")
+    if done.differences:
+        print("\n".join(done.differences))
+        print(f"FAILED: the restore differs from the snapshot of {done.snapshot_at}")
+        return
+    print(f"verified  {done.proof} (snapshot of {done.snapshot_at})")
+    for line in done.as_it_was:
+        print(f"DIFFERS   {line}")
+    for line in done.notes:
         print(f"note      {line}")
-    if not proof.ok:
-        print(proof.report())
-        print(f"FAILED: the restore differs from the snapshot of {manifest.snapshot_at}")
-        return 1
-    print(f"verified  {proof.summary()} (snapshot of {manifest.snapshot_at})")
-    print(f"done: {manifest.backup_id} restored into {target.describe()} in {total:.1f} s")
-    return 0
+    if done.compared and not done.as_it_was:
+        kept = "locale, settings" + (", roles, owners and grants" if done.roles else "")
+        print(f"as it was: {kept} equal the source's")
+    if done.ok:
+        print(f"done: {done.backup_id} restored into {done.database} in {done.seconds:.1f} s")
+    else:
+        print(f"FAILED: {done.backup_id} restored into {done.database}, but not as it was")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="drop and recreate the database if it exists and is not empty",
             )
             cmd.add_argument("--jobs", type=int, default=2, help="pg_restore -j (default 2)")
+            cmd.add_argument(
+                "--roles",
+                action="store_true",
+                help="create the roles the database needs that the server lacks (never altering "
+                "one that exists; no passwords), and restore owners and grants",
+            )
     return parser
 
 

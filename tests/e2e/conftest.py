@@ -397,6 +397,9 @@ def airflow_stack(
     pg_server: None,
 ) -> Iterator[Stack]:
     """``deploy/airflow.sh all`` on a fresh home, every pg_backup DAG parsed, logged in."""
+    # The sink is the session's: mail from tests that ran earlier on this worker (drill
+    # reports, failures) is not this stack's, and the no-duplicates count must not see it.
+    smtp_sink.clear()
     root = tmp_path_factory.mktemp("e2e")
     home = root / "airflow"
     home.mkdir()

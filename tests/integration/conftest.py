@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import AgeKeys, MailSink, S3Server, pg_conn_json, psql
+from tests.second_cluster import second_cluster  # noqa: F401 (a fixture: the worst-day server)
 
 # A schema that exercises what breaks naive backup scripts: quoted mixed case, spaces and
 # non-ASCII in names, two schemas, a partitioned table, a materialized view, a table without

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from pg_backup.core import layout
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, REPO, pg_conn_json, psql
 from tests.integration.conftest import task_states
 
@@ -127,12 +126,13 @@ def test_verify_with_wrong_key_fails_clearly(backed_up, tmp_path):
 
 
 def test_readme_stock_tools_recipe_restores(backed_up, tmp_path):
-    """The README's stock-tools block, run as written, restores the set with the same counts."""
+    """The README's stock-tools block, run as written, restores the set with the same counts and locale."""
     h, _, prefix = backed_up
     readme = (REPO / "README.md").read_text()
     block = re.search(r"<!-- stock-restore[^>]*-->\s*```sh\n(.*?)```", readme, re.S).group(1)
     store = h.storage()
-    shutil.copy(store.root / prefix / layout.DATA_OBJECT, tmp_path / layout.DATA_OBJECT)
+    for obj in (store.root / prefix).iterdir():  # what step 2 copies: every object of the set
+        shutil.copy(obj, tmp_path / obj.name)
     shutil.copy(h.age.identity_file, tmp_path / "key.txt")
     psql('DROP DATABASE IF EXISTS "restored_voting" WITH (FORCE)')
     env = dict(os.environ, PGHOST=PG_HOST, PGPORT=str(PG_PORT), PGUSER=PG_USER)
@@ -145,5 +145,7 @@ def test_readme_stock_tools_recipe_restores(backed_up, tmp_path):
             timeout=300,
         )
         assert counts("restored_voting") == counts(h.source_db)
+        locale = "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = "
+        assert psql(locale + "'restored_voting'") == psql(locale + f"'{h.source_db}'")
     finally:
         psql('DROP DATABASE IF EXISTS "restored_voting" WITH (FORCE)')

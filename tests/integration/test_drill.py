@@ -70,7 +70,8 @@ def test_drill_restores_newest_and_an_older_backup(harness_factory, identity_con
     for b in doc["backups"]:
         assert b["counts_ok"] and b["ok"]
         assert set(b["phases"]) == {"fetch", "decrypt", "decompress", "restore", "verify"}
-        assert [c["ok"] for c in b["checks"]] == [True, True]
+        assert [c["ok"] for c in b["checks"]] == [True, True, True]
+        assert b["checks"][-1]["name"] == "as it was: locale, settings"
     assert isinstance(doc["seed"], int)
     subjects = [m["Subject"] for m in h.mail.messages]
     assert any("restore drill passed" in s and h.name in s for s in subjects), subjects
@@ -150,7 +151,11 @@ def test_failing_invariant_is_named(harness_factory, identity_conn):
     assert task_states(run)["report"] == "failed"
     doc = _report(h, run)
     checks = {c["name"]: c["ok"] for c in doc["backups"][0]["checks"]}
-    assert checks == {"audit log not empty": True, "no candidate named cand 3": False}
+    assert checks == {
+        "audit log not empty": True,
+        "no candidate named cand 3": False,
+        "as it was: locale, settings": True,
+    }
     (mail,) = [m for m in h.mail.messages if "restore drill" in m["Subject"]]
     assert "FAILED" in mail["Subject"]
     assert "no candidate named cand 3" in h.mail.text(mail)

@@ -55,6 +55,7 @@ def test_full_pipeline_file_storage(harness_factory):
         [
             layout.DATA_OBJECT,
             layout.TABLES_OBJECT,
+            layout.GLOBALS_OBJECT,
             layout.MANIFEST_OBJECT,
             layout.VERIFICATION_OBJECT,
         ]

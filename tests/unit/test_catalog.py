@@ -64,7 +64,7 @@ def test_delete_order_puts_the_manifest_last_and_unknown_objects_first():
     names = [k[len(rec.prefix) :] for k in delete_order(rec)]
     assert names == [
         "extra.txt",
-        *layout.SET_OBJECTS[:2],
+        *layout.SET_OBJECTS[:3],
         layout.VERIFICATION_OBJECT,
         layout.MANIFEST_OBJECT,
     ]

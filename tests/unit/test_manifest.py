@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from pg_backup.core.dbprops import DatabaseLocale
 from pg_backup.core.manifest import Emergency, Manifest, ObjectEntry, Verification
+from tests.unit.test_dbprops import ICU
 
 PREFIX = "voting/2025/03/09/voting_20250309T020000Z_emergency/"
 SHA = hashlib.sha256(b"data").hexdigest()
@@ -34,6 +36,17 @@ MANIFEST_KEYS = {
     "data",
     "tables",
     "emergency",
+    "database",
+    "globals",
+}
+DATABASE_KEYS = {
+    "encoding",
+    "locale_provider",
+    "collate",
+    "ctype",
+    "provider_locale",
+    "icu_rules",
+    "collation_version",
 }
 OBJECT_KEYS = {"key", "bytes", "sha256"}
 EMERGENCY_KEYS = {"reason", "keep_days", "triggered_by"}
@@ -76,6 +89,8 @@ def manifest_fields(**overrides: Any) -> dict[str, Any]:
         "data": ObjectEntry(key=PREFIX + "db.dump.zst.age", bytes=50_000, sha256=SHA),
         "tables": ObjectEntry(key=PREFIX + "tables.json.age", bytes=900, sha256=SHA),
         "emergency": Emergency(reason="before schema migration", keep_days=90, triggered_by="ana"),
+        "database": ICU,
+        "globals": ObjectEntry(key=PREFIX + "globals.sql.age", bytes=700, sha256=SHA),
     }
     fields.update(overrides)
     return fields
@@ -163,11 +178,21 @@ def test_manifest_json_keys_are_exactly_the_operational_set() -> None:
     assert set(doc["data"]) == OBJECT_KEYS
     assert set(doc["tables"]) == OBJECT_KEYS
     assert set(doc["emergency"]) == EMERGENCY_KEYS
+    assert set(doc["database"]) == DATABASE_KEYS
+    assert set(doc["globals"]) == OBJECT_KEYS
     assert set(Manifest.model_fields) == MANIFEST_KEYS
     # No field is a free-form mapping that could carry per-table names or counts.
-    for model in (Manifest, ObjectEntry, Emergency, Verification):
+    for model in (Manifest, ObjectEntry, Emergency, Verification, DatabaseLocale):
         for name, info in model.model_fields.items():
             assert "dict" not in str(info.annotation).lower(), f"{model.__name__}.{name}"
+
+
+def test_manifest_of_an_older_release_parses_without_database_and_globals() -> None:
+    """A manifest written before the locale and roles were recorded still parses (both None)."""
+    doc = json.loads(Manifest(**manifest_fields()).to_bytes())
+    del doc["database"], doc["globals"]
+    old = Manifest.from_bytes(json.dumps(doc).encode())
+    assert old.database is None and old.globals is None and old.backup_id == doc["backup_id"]
 
 
 def test_manifest_carries_no_table_names() -> None:

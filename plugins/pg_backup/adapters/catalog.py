@@ -27,6 +27,7 @@ _Doc = TypeVar("_Doc", Manifest, Verification)
 _DELETE_ORDER = (
     layout.DATA_OBJECT,
     layout.TABLES_OBJECT,
+    layout.GLOBALS_OBJECT,
     layout.VERIFICATION_OBJECT,
     layout.MANIFEST_OBJECT,
 )

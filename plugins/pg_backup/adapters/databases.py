@@ -7,8 +7,25 @@ caller can create, restore into or drop the source by forgetting a check.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from pg_backup.adapters.pgconn import PgEndpoint
+from pg_backup.core.dbprops import (
+    DatabaseGlobals,
+    DatabaseLocale,
+)
+from pg_backup.core.dbsql import (
+    check_target_server,
+    create_database_sql,
+    database_owner_sql,
+    database_settings_sql,
+    ident,
+    locale_error,
+    missing_locale,
+    probe_locale_sql,
+    role_in_database_sql,
+    split_setting,
+)
 from pg_backup.core.errors import SourceProtected
 
 log = logging.getLogger(__name__)
@@ -19,6 +36,28 @@ _USER_RELATIONS_SQL = (
     "WHERE c.relkind IN ('r', 'p', 'm', 'v', 'S') AND n.nspname NOT LIKE 'pg\\_%%' "
     "AND n.nspname <> 'information_schema'"
 )
+
+_SERVER_SQL = (
+    "SELECT current_setting('server_version_num')::int / 10000,"
+    " EXISTS (SELECT 1 FROM pg_collation WHERE collprovider = 'i')"
+)
+_EXISTS_SQL = "SELECT 1 FROM pg_database WHERE datname = %s"
+
+
+def _successor_name(name: str) -> str:
+    """A temporary name for the database that replaces ``name`` (63 bytes at most)."""
+    import hashlib
+
+    return "pgb_new_" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Configured:
+    """What ``Databases.configure`` did: statements applied, failed (with why), skipped."""
+
+    applied: int = 0
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 class Databases:
@@ -49,7 +88,7 @@ class Databases:
     def exists(self, name: str) -> bool:
         """True if the database exists."""
         with self.server.connect(autocommit=True) as conn:
-            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            row = conn.execute(_EXISTS_SQL, (name,)).fetchone()
         return row is not None
 
     def user_relations(self, name: str) -> int:
@@ -58,22 +97,104 @@ class Databases:
             row = conn.execute(_USER_RELATIONS_SQL).fetchone()
         return int(row[0]) if row else 0
 
-    def create(self, name: str, encoding: str = "UTF8") -> PgEndpoint:
-        """(Re)create an empty database; a retried task gets a clean one, never a twin."""
-        from psycopg import sql
+    def create(self, name: str, locale: DatabaseLocale | str = "UTF8") -> PgEndpoint:
+        """(Re)create an empty database; a retried task gets a clean one, never a twin.
+
+        :param locale: the source's encoding and locale, recreated exactly; a bare encoding
+            (sets written before the locale was recorded) gets the C locale, which any encoding
+            accepts
+        :raises RestoreError: the server cannot hold the source's locale or encoding; raised
+            before anything is dropped or created, naming what is missing and how to get it
+        """
+        from psycopg import errors
 
         self.guard(name)
-        ident = sql.Identifier(name)
+        if isinstance(locale, str):
+            locale = DatabaseLocale(encoding=locale, collate="C", ctype="C")
+        server = self.server.describe()
         with self.server.connect(autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-            # template0 + C locale accept any encoding, so the source's encoding always works.
-            conn.execute(
-                sql.SQL(
-                    "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C'"
-                ).format(ident, sql.Literal(encoding))
-            )
-        log.info("created database %s on %s", name, self.server.describe())
+            major, has_icu = conn.execute(_SERVER_SQL).fetchone() or (0, False)
+            check_target_server(locale, server, int(major), bool(has_icu))
+            exists = conn.execute(_EXISTS_SQL, (name,)).fetchone() is not None
+            # An existing database is dropped only once its successor exists: a server that
+            # cannot hold the locale must not cost the database that is there.
+            fresh = _successor_name(name) if exists else name
+            # (Also what a call killed between its drop and its rename left behind.)
+            conn.execute(f"DROP DATABASE IF EXISTS {ident(_successor_name(name))} WITH (FORCE)")
+            try:
+                conn.execute(create_database_sql(fresh, locale))
+            except (
+                errors.InvalidParameterValue,
+                errors.WrongObjectType,
+                errors.UndefinedObject,
+            ) as exc:
+                raise locale_error(locale, server, str(exc)) from None
+            if exists:
+                conn.execute(f"DROP DATABASE {ident(name)} WITH (FORCE)")
+                conn.execute(f"ALTER DATABASE {ident(fresh)} RENAME TO {ident(name)}")
+        log.info("created database %s on %s (%s)", name, server, locale.describe())
         return self.server.with_db(name)
+
+    def check_locale(self, locale: DatabaseLocale) -> str:
+        """Prove, creating nothing, that this server can make a database in ``locale``.
+
+        The server's version and ICU build are checked, and its operating system's libc
+        locales loaded into a temporary collation that is rolled back. An error that does not
+        name a missing locale (an encoding the maintenance database does not share) proves
+        nothing either way: ``create`` decides then.
+
+        :raises RestoreError: naming the missing piece and how to get it
+        """
+        from psycopg import Error
+
+        server = self.server.describe()
+        with self.server.connect(autocommit=True) as conn:
+            major, has_icu = conn.execute(_SERVER_SQL).fetchone() or (0, False)
+            check_target_server(locale, server, int(major), bool(has_icu))
+            probe = probe_locale_sql(locale)
+            if probe is not None:
+                try:
+                    with conn.transaction(force_rollback=True):
+                        conn.execute(probe)
+                except Error as exc:
+                    if missing_locale(str(exc)):
+                        raise locale_error(locale, server, str(exc)) from None
+        return locale.describe()
+
+    def configure(
+        self, name: str, doc: DatabaseGlobals, with_roles: bool, created: list[str] | None = None
+    ) -> Configured:
+        """Give a restored database the source's settings and comment (and owner and grants).
+
+        With roles, also its owner, its grants, and the settings in it of the roles this restore
+        ``created``. Each statement stands alone: one the login may not run (a setting only a
+        superuser may make) is reported in ``failed``, the others still apply.
+        """
+        from psycopg import Error
+
+        self.guard(name)
+        db_sql = ident(name)
+        done = Configured()
+        statements = database_settings_sql(db_sql, doc)
+        if with_roles:
+            statements = database_owner_sql(db_sql, doc) + statements
+            for rs in doc.role_settings:
+                for item in rs.settings:
+                    if rs.role in (created or []):
+                        statements.append(role_in_database_sql(rs.role, db_sql, item))
+                    else:
+                        done.skipped.append(
+                            f"setting {split_setting(item)[0]} of role {rs.role} in the "
+                            "database (the role existed before: left as it is)"
+                        )
+        with self.server.connect(autocommit=True) as conn:
+            for sql in statements:
+                try:
+                    conn.execute(sql)
+                    done.applied += 1
+                except Error as exc:
+                    done.failed.append(f"{sql}: {str(exc).strip().splitlines()[0]}")
+        return done
 
     def drop(self, name: str) -> bool:
         """Drop a database if it exists (WITH FORCE ends sessions left by a killed restore)."""

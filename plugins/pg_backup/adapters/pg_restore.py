@@ -78,12 +78,18 @@ def check_extensions(server: PgEndpoint, needed: list[str]) -> None:
 
 
 def restore_dump(
-    target: PgEndpoint, dump_file: str, jobs: int, pg_bin_dir: str | None = None
+    target: PgEndpoint,
+    dump_file: str,
+    jobs: int,
+    pg_bin_dir: str | None = None,
+    owners: bool = False,
 ) -> float:
     """pg_restore -j into an existing empty database; return the seconds it took.
 
     ``dump_file`` is a custom-format file, a directory-format dump, or a tar of one (unpacked
     next to it for the restore, and removed afterwards; the time includes the unpacking).
+    ``owners``: keep the dump's owners and grants (every role they name must exist); without,
+    ``--no-owner --no-privileges``.
 
     :raises ToolFailed: pg_restore reported an error (its messages are in the exception)
     :raises RestoreError: the target server lacks an extension the dump needs
@@ -93,18 +99,27 @@ def restore_dump(
         started = time.monotonic()
         unpacked = unpack_dump(path, path.with_name(path.name + ".d"))
         try:
-            return time.monotonic() - started + _pg_restore(target, str(unpacked), jobs, pg_bin_dir)
+            seconds = _pg_restore(target, str(unpacked), jobs, pg_bin_dir, owners)
+            return time.monotonic() - started + seconds
         finally:
             staging.remove_dir(unpacked)
-    return _pg_restore(target, dump_file, jobs, pg_bin_dir)
+    return _pg_restore(target, dump_file, jobs, pg_bin_dir, owners)
 
 
-def _pg_restore(target: PgEndpoint, dump_file: str, jobs: int, pg_bin_dir: str | None) -> float:
+def _pg_restore(
+    target: PgEndpoint, dump_file: str, jobs: int, pg_bin_dir: str | None, owners: bool
+) -> float:
     pg_restore = tools.tool_path("pg_restore", pg_bin_dir)
     toc = tools.run([pg_restore, "--list", dump_file], {})
     check_extensions(target, extensions_in(toc))
     rest, triggers = split_event_triggers(toc)
-    base = [pg_restore, "--no-owner", "--no-privileges", f"--dbname={target.dbname}"]
+    # With owners: the roles exist (created first from the set's globals), so ownership and
+    # grants are restored as they were; without, the restoring login owns everything.
+    base = [
+        pg_restore,
+        *([] if owners else ["--no-owner", "--no-privileges"]),
+        f"--dbname={target.dbname}",
+    ]
     hint = f" restoring into {target.describe()}"
     progress = staging.Progress(f"restore into {target.dbname}")
     with (

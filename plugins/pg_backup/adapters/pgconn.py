@@ -68,12 +68,26 @@ class PgEndpoint:
         import psycopg
 
         try:
-            return psycopg.connect(**self.connect_kwargs(), **kwargs)
+            conn = psycopg.connect(**self.connect_kwargs(), **kwargs)
         except psycopg.OperationalError as exc:
             raise DatabaseUnreachable(
                 f"cannot connect to PostgreSQL {self.describe()} (connection {self.conn_id!r}): "
                 f"{_first_line(exc)}"
             ) from None
+        # A database's own timeouts (ALTER DATABASE ... SET statement_timeout, common on
+        # managed services, and applied to every restored database) must not cut a count short
+        # or end the session holding the dump's snapshot: like pg_dump's and pg_restore's,
+        # pg_backup's sessions run without them.
+        session = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0"
+        if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+            # A SQL_ASCII database holds bytes of no known encoding, which psycopg hands over as
+            # bytes. LATIN1 maps each byte to one character and back: names and text survive
+            # the round trip exactly (the server converts nothing for a SQL_ASCII database).
+            session += "; SET client_encoding TO 'LATIN1'"
+        conn.execute(session)
+        if not conn.autocommit:
+            conn.commit()
+        return conn
 
     def libpq_env(self) -> dict[str, str]:
         """Environment for a child process: libpq reads the password from here, not argv."""

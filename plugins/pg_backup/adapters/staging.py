@@ -280,8 +280,12 @@ def write_json(path: Path, data: Any) -> StagedFile:
     """Write a small JSON document atomically and return its record."""
     import json
 
+    return write_small(path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def write_small(path: Path, payload: bytes) -> StagedFile:
+    """Write a small file atomically and return its record."""
     started = time.monotonic()
-    payload = json.dumps(data, indent=2, sort_keys=True).encode()
     with atomic_output(path) as handle:
         writer = HashingWriter(handle)
         writer.write(payload)

@@ -263,6 +263,12 @@ class DrillConfig(_Model):
     schedule: Cron = "0 4 * * 0"
     rto: Duration = Field(timedelta(minutes=30), description="recovery-time objective")
     checks: list[CheckConfig] = Field(default_factory=list)
+    # The server a worst-day restore would use. Drills then restore there instead of on the
+    # scratch server, creating the roles it lacks (never altering one it has), with owners and
+    # grants, and prove the database is as it was.
+    standby_conn_id: ConnId | None = Field(
+        None, description="postgres connection to the standby server drills restore onto"
+    )
 
 
 class EmergencyConfig(_Model):

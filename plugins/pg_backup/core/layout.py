@@ -2,8 +2,8 @@
 
 One backup set in storage, below the storage URL::
 
-    <target>/YYYY/MM/DD/<backup id>/{db.dump.zst.age, tables.json.age, manifest.json,
-                                     verification.json}
+    <target>/YYYY/MM/DD/<backup id>/{db.dump.zst.age, tables.json.age, globals.sql.age,
+                                     manifest.json, verification.json}
 
 Beside the sets: ``<target>/drills/`` and ``<target>/sweeps/`` (reports),
 ``<target>/.preflight`` (the marker preflight writes to prove storage is writable) and
@@ -24,9 +24,11 @@ from pg_backup.core.records import Record
 # The objects of one set, in the order the upload writes them (the manifest last).
 DATA_OBJECT = "db.dump.zst.age"
 TABLES_OBJECT = "tables.json.age"
+# The roles and database settings as a psql script (sets written before it have none).
+GLOBALS_OBJECT = "globals.sql.age"
 MANIFEST_OBJECT = "manifest.json"
 VERIFICATION_OBJECT = "verification.json"
-SET_OBJECTS = (DATA_OBJECT, TABLES_OBJECT, MANIFEST_OBJECT, VERIFICATION_OBJECT)
+SET_OBJECTS = (DATA_OBJECT, TABLES_OBJECT, GLOBALS_OBJECT, MANIFEST_OBJECT, VERIFICATION_OBJECT)
 
 # Staging files of one run.
 DUMP_FILE = "db.dump"
@@ -37,6 +39,8 @@ COMPRESSED_FILE = "db.dump.zst"
 ENCRYPTED_FILE = DATA_OBJECT
 TABLES_FILE = "tables.json"
 ENCRYPTED_TABLES_FILE = TABLES_OBJECT
+GLOBALS_FILE = "globals.sql"
+ENCRYPTED_GLOBALS_FILE = GLOBALS_OBJECT
 
 # Below ``<target>/`` but not backup sets.
 PREFLIGHT_MARKER = ".preflight"

@@ -11,6 +11,7 @@ from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pg_backup.core.dbprops import DatabaseLocale
 from pg_backup.core.names import DumpFormat, Kind
 
 FORMAT: Final = "pg_backup/1"
@@ -68,6 +69,11 @@ class Manifest(_Doc):
     data: ObjectEntry
     tables: ObjectEntry
     emergency: Emergency | None = None
+    # The source database's encoding and locale, in the clear so that a restore by hand can
+    # create the database before anything is decrypted; and the psql script of its roles and
+    # settings. Both absent in sets written before they were recorded.
+    database: DatabaseLocale | None = None
+    globals: ObjectEntry | None = None
 
 
 class Skipped(_Doc):

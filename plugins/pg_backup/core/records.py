@@ -12,6 +12,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pg_backup.core.dbprops import DatabaseLocale
 from pg_backup.core.names import DumpFormat
 
 
@@ -70,13 +71,17 @@ class DumpResult(Record):
     relations: int
     rows: int
     dump_format: DumpFormat = "custom"
+    # The source's locale, and its roles and settings as a psql script (core.dbscript).
+    database: DatabaseLocale | None = None
+    globals: StagedFile | None = None
 
 
 class EncryptResult(Record):
-    """The encrypted data object and the encrypted table document."""
+    """The encrypted data object, table document and roles script."""
 
     data: StagedFile
     tables: StagedFile
+    globals: StagedFile | None = None
 
 
 class UploadResult(Record):

@@ -42,8 +42,9 @@ Untick `verify` only when there is no time for the verification restore.
 """
 
 TASK_DOCS = {
-    Stage.PREFLIGHT: "Source reachable, pg_dump new enough, scratch server is not the source, "
-    "storage writable, staging space enough, recipients parse. Writes nothing.",
+    Stage.PREFLIGHT: "Source reachable, pg_dump new enough, scratch server is not the source "
+    "and holds the source's locale, storage writable, staging space enough, recipients parse. "
+    "Writes nothing.",
     Stage.DUMP: "pg_dump -Fc under an exported snapshot; exact row counts, content fingerprints "
     "and the object inventory in that snapshot, proven not raced by TRUNCATE or rewrites.",
     Stage.COMPRESS: "zstd over all cores; checks the dump's sha256 while reading it.",
@@ -155,10 +156,9 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             from pg_backup.core.records import DumpResult, StagedFile
             from pg_backup.stages.encrypt import encrypt_set
 
+            dump = DumpResult.from_xcom(dumped)
             return encrypt_set(
-                runtime(context),
-                StagedFile.from_xcom(compressed),
-                DumpResult.from_xcom(dumped).tables,
+                runtime(context), StagedFile.from_xcom(compressed), dump.tables, dump.globals
             ).to_xcom()
 
         @stage(Stage.UPLOAD)

@@ -36,10 +36,11 @@ TASK_DOCS = {
     DrillTask.DECOMPRESS: "zstd -d to a seekable dump; its sha256 checked against the one "
     "recorded at dump time.",
     DrillTask.CREATE_DRILL_DBS: "Setup: an empty pgb_drill_<backup id> database per drilled "
-    "backup.",
-    DrillTask.RESTORE: "pg_restore -j into the drill database.",
-    DrillTask.VERIFY: "Rows, content and objects against tables.json, and the configured "
-    "invariant checks.",
+    "backup, in the source's encoding and locale (on the standby server if configured).",
+    DrillTask.RESTORE: "pg_restore -j into the drill database, then the source's database "
+    "settings; on a standby, the missing roles first and owners and grants too.",
+    DrillTask.VERIFY: "Rows, content and objects against tables.json, the configured invariant "
+    "checks, and the database as it was (locale, settings; on a standby roles, owners, grants).",
     DrillTask.REPORT: "Per-phase times, RTO against the objective, RPO achieved; stored and "
     "mailed.",
     DrillTask.DROP_DRILL_DBS: "Teardown: drops the drill databases whatever happened.",
@@ -133,11 +134,18 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
             return drill.create_drill_dbs(runtime(), chosen)
 
         @step(DrillTask.RESTORE)
-        def restore(chosen: dict[str, Any], opened: dict[str, Any], **context: Any) -> dict:
+        def restore(
+            chosen: dict[str, Any], opened: dict[str, Any], decrypted: dict[str, Any], **context
+        ) -> dict:
             from pg_backup.stages import drill
 
             return drill.restore_chosen(
-                runtime(), chosen, opened, context["dag_run"].run_id, context["ti"].try_number
+                runtime(),
+                chosen,
+                opened,
+                decrypted,
+                context["dag_run"].run_id,
+                context["ti"].try_number,
             )
 
         @step(DrillTask.VERIFY)
@@ -178,7 +186,7 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
         decrypted = decrypt(chosen, fetched)
         opened = decompress(chosen, decrypted)
         databases = create_drill_dbs(chosen)
-        restored = restore(chosen, opened)
+        restored = restore(chosen, opened, decrypted)
         verified = verify(chosen, decrypted)
         reported = report()
         dropped = drop_drill_dbs().as_teardown(setups=databases)

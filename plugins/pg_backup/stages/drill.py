@@ -11,6 +11,7 @@ import json
 import logging
 import zlib
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -95,43 +96,79 @@ def decompress_chosen(
 
 
 def create_drill_dbs(rt: Runtime, chosen: dict[str, Any]) -> list[str]:
-    """Set-up task: an empty ``pgb_drill_<backup id>`` database per chosen set."""
-    names = [layout.drill_db_name(b) for b in chosen["backups"]]
-    for name in names:
-        rt.scratch_databases.create(name)
+    """Set-up task: an empty ``pgb_drill_<backup id>`` per chosen set, in its source's locale.
+
+    On the standby server when ``drill.standby_conn_id`` is set, else on the scratch server.
+    """
+    names = []
+    for backup, manifest in _manifests(chosen).items():
+        names.append(layout.drill_db_name(backup))
+        rt.drill_databases.create(names[-1], retrieve.database_locale(manifest))
     return names
 
 
 def restore_chosen(
-    rt: Runtime, chosen: dict[str, Any], opened: dict[str, Any], run_id: str, attempt: int = 1
+    rt: Runtime,
+    chosen: dict[str, Any],
+    opened: dict[str, Any],
+    decrypted: dict[str, Any],
+    run_id: str,
+    attempt: int = 1,
 ) -> dict[str, Any]:
-    """pg_restore -j each chosen set into its drill database (a retry starts from empty)."""
+    """pg_restore -j each chosen set into its drill database (a retry starts from empty).
+
+    On a standby server, as a worst-day restore would: the roles it lacks are created first,
+    owners and grants restored; then the source's database settings (and owner and grants).
+    """
+    standby = rt.cfg.drill.standby_conn_id is not None
     out = {}
-    for backup in chosen["backups"]:
-        name = layout.drill_db_name(backup)
+    for backup, manifest in _manifests(chosen).items():
+        name, work = layout.drill_db_name(backup), workdir(rt, run_id, backup)
         if attempt > 1:
-            rt.scratch_databases.create(name)
+            rt.drill_databases.create(name, retrieve.database_locale(manifest))
+        doc = retrieve.database_globals(
+            work, retrieve.Decrypted.from_xcom(decrypted[backup]), manifest
+        )
+        owners = standby and doc is not None
+        made = retrieve.make_roles(rt.drill_server, doc) if owners and doc else None
         out[backup] = retrieve.restore(
-            rt.scratch_databases.endpoint(name),
-            workdir(rt, run_id, backup),
+            rt.drill_databases.endpoint(name),
+            work,
             retrieve.Opened.from_xcom(opened[backup]),
             rt.cfg,
             rt.cfg.restore.jobs,
+            owners=owners,
         )
+        if doc is not None:
+            done = rt.drill_databases.configure(name, doc, owners, made.created if made else None)
+            for failed in done.failed:
+                log.warning("drill: %s: not applied: %s", backup, failed)
     return records_to_xcom(out)
 
 
 def verify_chosen(
     rt: Runtime, chosen: dict[str, Any], decrypted: dict[str, Any], run_id: str
 ) -> dict[str, Any]:
-    """Rows, content and objects against each set's table document, and the invariant checks."""
+    """Rows, content and objects, the configured invariant checks, and the database as it was.
+
+    As it was: locale and settings; on a standby also roles, owners and grants, read from the
+    restored catalogs and compared with those captured at dump time.
+    """
     out = {}
-    for backup in chosen["backups"]:
-        doc = retrieve.table_document(
-            workdir(rt, run_id, backup), retrieve.Decrypted.from_xcom(decrypted[backup])
-        )
-        target = rt.scratch_databases.endpoint(layout.drill_db_name(backup))
-        out[backup] = retrieve.prove(target, doc, rt.cfg, list(rt.cfg.drill.checks))
+    for backup, manifest in _manifests(chosen).items():
+        work = workdir(rt, run_id, backup)
+        clear = retrieve.Decrypted.from_xcom(decrypted[backup])
+        target = rt.drill_databases.endpoint(layout.drill_db_name(backup))
+        doc = retrieve.table_document(work, clear)
+        proven = retrieve.prove(target, doc, rt.cfg, list(rt.cfg.drill.checks))
+        globals_doc = retrieve.database_globals(work, clear, manifest)
+        if globals_doc is not None:
+            owners = rt.cfg.drill.standby_conn_id is not None
+            check = retrieve.as_it_was_check(
+                retrieve.as_it_was(target, globals_doc, rt.cfg), owners
+            )
+            proven = proven.model_copy(update={"checks": [*proven.checks, asdict(check)]})
+        out[backup] = proven
     return records_to_xcom(out)
 
 
@@ -175,7 +212,7 @@ def report(
 def drop_drill_dbs(rt: Runtime, chosen: dict[str, Any] | None) -> list[str]:
     """Tear-down task: drop the drill databases, whatever happened."""
     names = [layout.drill_db_name(b) for b in (chosen or {}).get("backups", [])]
-    return [name for name in names if rt.scratch_databases.drop(name)]
+    return [name for name in names if rt.drill_databases.drop(name)]
 
 
 def cleanup(rt: Runtime, run_id: str) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 
 from pg_backup.adapters import staging, tools
 from pg_backup.adapters.archive import pack_directory
+from pg_backup.adapters.dbprops import capture
 from pg_backup.core import layout
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.counts import (
@@ -237,6 +238,10 @@ def _dump_once(rt: Runtime) -> DumpResult:
                     inventory = _inventory(cur, cfg)
                     counts = _measure_all(cur, relations, fingerprinted, cfg)
                     counts.append(_large_objects(cur, cfg))
+                    # Locale, settings, roles and grants, in the same snapshot (no superuser).
+                    props, globals_file = capture(
+                        cur, cfg.dump.schemas, cfg.dump.exclude_schemas, workdir, run.backup_id
+                    )
                     proc.wait()
                     if proc.returncode != 0:
                         raise _pg_dump_failed(proc, source.describe(), cfg)
@@ -262,6 +267,7 @@ def _dump_once(rt: Runtime) -> DumpResult:
             fingerprint={"algorithm": ALGORITHM, "probe": probe},
             inventory=inventory,
             sequences={"before": sequences_before, "after": sequences_after},
+            globals=props.model_dump(mode="json"),
         ),
     )
     progress.summary(dump.bytes, dump.bytes)
@@ -276,6 +282,8 @@ def _dump_once(rt: Runtime) -> DumpResult:
         relations=len(counts),
         rows=sum(c.rows for c in counts if c.rows > 0),
         dump_format=fmt,
+        database=props.locale,
+        globals=globals_file,
     )
 
 

@@ -6,13 +6,19 @@ The daily pipeline holds public keys only; private keys are read by drills and r
 from __future__ import annotations
 
 from pg_backup.adapters.streams import encrypt_file
-from pg_backup.core.layout import ENCRYPTED_FILE, ENCRYPTED_TABLES_FILE
+from pg_backup.core.layout import ENCRYPTED_FILE, ENCRYPTED_GLOBALS_FILE, ENCRYPTED_TABLES_FILE
 from pg_backup.core.records import EncryptResult, StagedFile
 from pg_backup.stages.runtime import Runtime
 
 
-def encrypt_set(rt: Runtime, compressed: StagedFile, tables: StagedFile) -> EncryptResult:
-    """Encrypt the compressed dump (hashed per upload part too) and the table document."""
+def encrypt_set(
+    rt: Runtime, compressed: StagedFile, tables: StagedFile, roles: StagedFile | None = None
+) -> EncryptResult:
+    """Encrypt the compressed dump (hashed per upload part too), tables and roles documents.
+
+    ``roles`` is the psql script of roles and settings (``globals.sql``); runs started by an
+    earlier release have none.
+    """
     staging = rt.run.staging_path
     data = encrypt_file(
         staging / compressed.name,
@@ -24,4 +30,9 @@ def encrypt_set(rt: Runtime, compressed: StagedFile, tables: StagedFile) -> Encr
     listing = encrypt_file(
         staging / tables.name, tables, staging / ENCRYPTED_TABLES_FILE, rt.recipients
     )
-    return EncryptResult(data=data, tables=listing)
+    script = None
+    if roles is not None:
+        script = encrypt_file(
+            staging / roles.name, roles, staging / ENCRYPTED_GLOBALS_FILE, rt.recipients
+        )
+    return EncryptResult(data=data, tables=listing, globals=script)

@@ -15,6 +15,7 @@ from pg_backup.adapters import tools
 from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.core import layout
 from pg_backup.core.counts import LOCK_BUDGET_SQL, lock_budget_problem
+from pg_backup.core.dbprops import DatabaseLocale
 from pg_backup.core.errors import PreflightError
 from pg_backup.core.fingerprint import session_options
 from pg_backup.core.records import PreflightResult
@@ -33,6 +34,12 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'information_schema'
   AND n.nspname NOT LIKE 'pg\\_%%'
 """
+
+
+_LOCALE_SQL = (
+    "SELECT pg_encoding_to_char(encoding), to_jsonb(d) - 'datacl' FROM pg_database d"
+    " WHERE datname = current_database()"
+)
 
 
 def check_pg_dump(pg_dump_major: int, server_major: int) -> None:
@@ -125,6 +132,7 @@ class Preflight:
         self.estimated = 0
         self.pg_dump_version = ""
         self.staging_free = 0
+        self.locale: DatabaseLocale | None = None
 
     def checks(self) -> list[tuple[str, Callable[[], str]]]:
         """(label, check) in the order they run; a check raises PgBackupError when it fails."""
@@ -137,6 +145,7 @@ class Preflight:
             ("pg_dump and pg_restore", self.client_tools),
             (f"scratch connection {cfg.scratch_conn_id!r}", self.scratch),
             ("objects the scratch login can restore", self.restorable),
+            ("scratch server holds the source's locale", self.scratch_locale),
             ("storage writable", self.storage),
             ("staging space", self.staging),
         ]
@@ -158,7 +167,7 @@ class Preflight:
         return f"{len(self.rt.recipients)} recipient(s)"
 
     def source(self) -> str:
-        """The source answers; its version and the size of its data."""
+        """The source answers; its version, the size of its data, its encoding and locale."""
         from psycopg import errors
 
         with self._source_session() as conn:
@@ -176,6 +185,7 @@ class Preflight:
                     "its size was read (a migration, TRUNCATE, VACUUM FULL): pg_dump would "
                     "wait the same way. Run the backup after it, or raise dump.lock_wait_timeout"
                 ) from None
+            self.locale = DatabaseLocale.from_catalog(*_one(conn, _LOCALE_SQL))
         self.server_version, self.server_major = str(version), int(major)
         return (
             f"{self.rt.source.describe()} PostgreSQL {version}, data about "
@@ -274,6 +284,12 @@ class Preflight:
                 "another login"
             )
         return scratch.describe()
+
+    def scratch_locale(self) -> str:
+        """The scratch server can create the verification database in the source's locale."""
+        if self.locale is None:
+            raise PreflightError("the source's locale is unknown: its check failed first")
+        return self.rt.scratch_databases.check_locale(self.locale)
 
     def storage(self) -> str:
         """Storage answers and takes a small object."""

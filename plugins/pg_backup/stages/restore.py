@@ -6,12 +6,14 @@ between. The dump's hash is checked in the pass that reads it before pg_restore 
 
 from __future__ import annotations
 
+import json
 import logging
 
 from pg_backup.adapters import staging
 from pg_backup.adapters.archive import dump_format_of, unpack_dump
 from pg_backup.adapters.pg_restore import restore_dump
 from pg_backup.core import layout
+from pg_backup.core.dbprops import DatabaseGlobals
 from pg_backup.core.records import DumpResult, RestoreResult
 from pg_backup.stages.runtime import Runtime
 
@@ -19,9 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def create_scratch_db(rt: Runtime, dumped: DumpResult) -> str:
-    """Set-up task: the empty verification database, in the source's encoding; its name."""
+    """Set-up task: the empty verification database, in the source's encoding and locale."""
     name = layout.scratch_db_name(rt.run.backup_id)
-    rt.scratch_databases.create(name, dumped.encoding)
+    rt.scratch_databases.create(name, dumped.database or dumped.encoding)
     return name
 
 
@@ -44,7 +46,7 @@ def restore_staged(
     cfg, run, dump = rt.cfg, rt.run, dumped.dump
     databases = rt.scratch_databases
     if attempt > 1:
-        databases.create(database, dumped.encoding)
+        databases.create(database, dumped.database or dumped.encoding)
     target = databases.endpoint(database)
     path = run.staging_path / dump.name
     staging.check_present(path, dump)
@@ -59,6 +61,7 @@ def restore_staged(
     finally:
         if unpacked is not None:
             staging.remove_dir(unpacked)
+    _configure(rt, dumped, database)
     log.info(
         "restore done: %s into %s, %.1f MB/s, %.1f s (pg_restore -j %d)",
         f"{dump.bytes / 1e6:,.1f} MB",
@@ -68,3 +71,18 @@ def restore_staged(
         cfg.restore.jobs,
     )
     return RestoreResult(database=database, seconds=round(seconds, 3), jobs=cfg.restore.jobs)
+
+
+def _configure(rt: Runtime, dumped: DumpResult, database: str) -> None:
+    """The source's database settings and comment on the scratch copy.
+
+    Not its owner and grants: the scratch server need not have the source's roles.
+    """
+    raw = json.loads(staging.read_small(rt.run.staging_path / dumped.tables.name, dumped.tables))
+    if "globals" not in raw:
+        return
+    done = rt.scratch_databases.configure(
+        database, DatabaseGlobals.model_validate(raw["globals"]), False
+    )
+    for failed in done.failed:
+        log.warning("restore: a database setting of the source was not applied: %s", failed)

@@ -13,10 +13,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pg_backup.adapters import staging
+from pg_backup.adapters.databases import Databases
+from pg_backup.adapters.dbprops import RolesMade, create_missing_roles, read_globals
 from pg_backup.adapters.pg_restore import restore_dump
 from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.adapters.storage import Storage
@@ -24,8 +27,10 @@ from pg_backup.adapters.streams import decompress_file, decrypt_file
 from pg_backup.core import keys, layout
 from pg_backup.core.config import CheckConfig, TargetConfig
 from pg_backup.core.counts import TableCount, counts_from_json
+from pg_backup.core.dbprops import Comparison as DbComparison
+from pg_backup.core.dbprops import DatabaseGlobals, DatabaseLocale, compare
 from pg_backup.core.drill_report import CheckResult
-from pg_backup.core.errors import DrillError, StorageError, WrongKey
+from pg_backup.core.errors import DrillError, RestoreError, StorageError, WrongKey
 from pg_backup.core.manifest import Manifest, ObjectEntry
 from pg_backup.core.proof import Proof
 from pg_backup.core.records import Record, StagedFile
@@ -35,19 +40,21 @@ log = logging.getLogger(__name__)
 
 
 class Fetched(Record):
-    """The data object and the table document, downloaded and checked against the manifest."""
+    """The set's objects, downloaded and checked against the manifest."""
 
     data: StagedFile
     tables: StagedFile
     seconds: float
+    globals: StagedFile | None = None
 
 
 class Decrypted(Record):
-    """The compressed dump and the table document in the clear."""
+    """The compressed dump, the table document and the roles script in the clear."""
 
     data: StagedFile
     tables: StagedFile
     seconds: float
+    globals: StagedFile | None = None
 
 
 class Opened(Record):
@@ -58,10 +65,11 @@ class Opened(Record):
 
 
 class Restored(Record):
-    """A restore into ``database``."""
+    """A restore into ``database`` (``owners``: with the source's owners and grants)."""
 
     database: str
     seconds: float
+    owners: bool = False
 
 
 class Proven(Record):
@@ -118,7 +126,12 @@ def fetch(store: Storage, manifest: Manifest, dest: Path) -> Fetched:
     started = time.monotonic()
     data = _fetch_one(store, manifest.data, dest / layout.DATA_OBJECT)
     tables = _fetch_one(store, manifest.tables, dest / layout.TABLES_OBJECT)
-    return Fetched(data=data, tables=tables, seconds=round(time.monotonic() - started, 3))
+    script = None
+    if manifest.globals is not None:
+        script = _fetch_one(store, manifest.globals, dest / layout.GLOBALS_OBJECT)
+    return Fetched(
+        data=data, tables=tables, globals=script, seconds=round(time.monotonic() - started, 3)
+    )
 
 
 def decrypt(dest: Path, fetched: Fetched, identities: list[str], manifest: Manifest) -> Decrypted:
@@ -132,6 +145,11 @@ def decrypt(dest: Path, fetched: Fetched, identities: list[str], manifest: Manif
         tables = decrypt_file(
             dest / fetched.tables.name, fetched.tables, dest / layout.TABLES_FILE, parsed
         )
+        script = None
+        if fetched.globals is not None:
+            script = decrypt_file(
+                dest / fetched.globals.name, fetched.globals, dest / layout.GLOBALS_FILE, parsed
+            )
     except WrongKey:
         raise DrillError(
             f"none of the {len(identities)} private key(s) given decrypts backup "
@@ -139,7 +157,9 @@ def decrypt(dest: Path, fetched: Fetched, identities: list[str], manifest: Manif
             f"keys given belong to {', '.join(keys.public_keys(identities))}. Use the private "
             "key of one of those recipients"
         ) from None
-    return Decrypted(data=data, tables=tables, seconds=round(time.monotonic() - started, 3))
+    return Decrypted(
+        data=data, tables=tables, globals=script, seconds=round(time.monotonic() - started, 3)
+    )
 
 
 def table_document(dest: Path, decrypted: Decrypted) -> dict[str, Any]:
@@ -178,13 +198,22 @@ def decompress(dest: Path, decrypted: Decrypted, manifest: Manifest) -> Opened:
 
 
 def restore(
-    target: PgEndpoint, dest: Path, opened: Opened, cfg: TargetConfig, jobs: int
+    target: PgEndpoint,
+    dest: Path,
+    opened: Opened,
+    cfg: TargetConfig,
+    jobs: int,
+    owners: bool = False,
 ) -> Restored:
-    """pg_restore -j the opened dump into ``target`` (an existing, empty database)."""
+    """pg_restore -j the opened dump into ``target`` (an existing, empty database).
+
+    :param owners: restore owners and grants (the roles must exist: ``make_roles``); without,
+        the restoring login owns everything and nothing is granted
+    """
     path = dest / opened.dump.name
     staging.check_present(path, opened.dump)
-    seconds = restore_dump(target, str(path), jobs, cfg.dump.pg_bin_dir)
-    return Restored(database=target.dbname, seconds=round(seconds, 3))
+    seconds = restore_dump(target, str(path), jobs, cfg.dump.pg_bin_dir, owners=owners)
+    return Restored(database=target.dbname, seconds=round(seconds, 3), owners=owners)
 
 
 def run_checks(target: PgEndpoint, checks: list[CheckConfig]) -> list[CheckResult]:
@@ -276,3 +305,187 @@ def open_set(
         f"({opened.seconds:.1f} s, {time.monotonic() - started:.1f} s so far)"
     )
     return manifest, decrypted, opened
+
+
+# --- the database as it was: locale, settings, roles, owners, grants ----------------------
+
+
+def database_locale(manifest: Manifest) -> DatabaseLocale | str:
+    """The encoding and locale a restore database is created with: the source's.
+
+    Sets written before the locale was recorded get UTF8 with the C locale, as they were
+    verified.
+    """
+    return manifest.database or "UTF8"
+
+
+def database_globals(
+    dest: Path, decrypted: Decrypted, manifest: Manifest
+) -> DatabaseGlobals | None:
+    """The source's settings, roles, owners and grants, from the decrypted table document.
+
+    None for sets written before they were recorded.
+
+    :raises DrillError: the manifest's locale (plaintext) is not the one recorded, encrypted, at
+        dump time: the manifest was changed
+    """
+    raw = table_document(dest, decrypted).get("globals")
+    if raw is None:
+        return None
+    doc = DatabaseGlobals.model_validate(raw)
+    if manifest.database is not None and manifest.database != doc.locale:
+        raise DrillError(
+            f"backup {manifest.backup_id}: manifest.json says the source database was "
+            f"{manifest.database.describe()}, but the dump recorded {doc.locale.describe()}: "
+            "the manifest was changed after the backup; do not rely on it"
+        )
+    return doc
+
+
+def make_roles(server: PgEndpoint, doc: DatabaseGlobals) -> RolesMade:
+    """Create the roles the database needs that ``server`` lacks (never altering one)."""
+    with server.connect(autocommit=True) as conn:
+        return create_missing_roles(conn, doc, server.describe())
+
+
+def as_it_was(
+    target: PgEndpoint, doc: DatabaseGlobals, cfg: TargetConfig, created: list[str] | None = None
+) -> DbComparison:
+    """Read the restored database's catalogs the way the dump read the source's, and compare.
+
+    :param created: roles the restore created (differences of other roles are notes)
+    """
+    with target.connect(autocommit=True) as conn, conn.cursor() as cur:
+        restored = read_globals(cur, cfg.dump.schemas, cfg.dump.exclude_schemas)
+    return compare(doc, restored, created=set(created or []))
+
+
+def as_it_was_check(result: DbComparison, owners: bool) -> CheckResult:
+    """The comparison as one drill check (``owners``: the restore kept owners and grants)."""
+    name = "as it was: locale, settings" + (", roles, owners and grants" if owners else "")
+    failures = result.failures(owners)
+    if failures:
+        return CheckResult(name, False, "; ".join(failures[:20]))
+    detail = "identical to the source"
+    if owners:
+        detail += f" ({result.objects} objects' owners and grants)"
+    return CheckResult(name, True, "; ".join([detail, *result.notes]))
+
+
+@dataclass
+class RestoreOutcome:
+    """What ``restore_from_storage`` did, for the command line to report (names included)."""
+
+    backup_id: str
+    snapshot_at: str
+    database: str
+    locale: str
+    roles: bool
+    relations: int = 0
+    rows: int = 0
+    # What the proof covered (rows, content, objects) and, when it failed, its report.
+    proof: str = ""
+    differences: list[str] = field(default_factory=list)
+    made: RolesMade | None = None
+    settings_applied: int = 0
+    settings_failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    # Without roles: objects whose owners and grants were not restored (None: the set has no
+    # record of them, it predates their capture).
+    not_restored: int | None = None
+    # Catalogs compared with the source's (sets written before they were captured: not).
+    compared: bool = False
+    as_it_was: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Rows exact, and the database as it was in everything this restore set out to do."""
+        return not (self.differences or self.as_it_was or self.settings_failed)
+
+
+def restore_from_storage(
+    store: Storage,
+    cfg: TargetConfig,
+    backup_id: str,
+    identities: list[str],
+    databases: Databases,
+    target: PgEndpoint,
+    work: Path,
+    jobs: int,
+    roles: bool = False,
+    say: Callable[[str], None] = log.info,
+) -> RestoreOutcome:
+    """Restore a set from storage into a new database ``target``, as the source was.
+
+    In this order, so that a refusal comes before anything is downloaded or created: the
+    manifest; the database, created in the source's encoding and locale (a server lacking them
+    is refused here); the set, fetched, checked and decrypted; with ``roles``, the roles the
+    database needs that the server lacks; pg_restore (with owners and grants when ``roles``);
+    the database's settings and comment (and with roles its owner and grants); then the counts
+    and the catalogs compared with the source's.
+
+    :param databases: the target server (its maintenance database), the source protected
+    :raises PgBackupError: anything an operator must fix; a database this call created is
+        dropped again if it fails before pg_restore starts
+    """
+    started = time.monotonic()
+    manifest = load_manifest(store, cfg.name, backup_id)
+    if roles and manifest.globals is None:
+        raise RestoreError(
+            f"backup {backup_id} records no roles (it was made before roles were captured): "
+            "restore it without --roles, then create its roles and grants by hand"
+        )
+    name = target.dbname
+    locale = database_locale(manifest)
+    existed = databases.exists(name)
+    databases.create(name, locale)
+    out = RestoreOutcome(
+        backup_id=manifest.backup_id,
+        snapshot_at=manifest.snapshot_at,
+        database=target.describe(),
+        locale=locale.describe() if isinstance(locale, DatabaseLocale) else f"{locale}, C locale",
+        roles=roles,
+    )
+    say(f"created   database {out.database} ({out.locale})")
+    try:
+        manifest, decrypted, opened = open_set(store, cfg.name, backup_id, identities, work, say)
+        doc = database_globals(work, decrypted, manifest)
+        if roles and doc is not None:
+            out.made = make_roles(databases.server, doc)
+            say(
+                f"roles     {len(out.made.created)} created, {len(out.made.existing)} existed "
+                "(left as they are)"
+            )
+    except BaseException:
+        if not existed:
+            databases.drop(name)
+        raise
+    created = out.made.created if out.made else None
+    restored = restore(target, work, opened, cfg, jobs, owners=roles)
+    say(
+        f"restored  with pg_restore -j {jobs}"
+        + (", owners and grants included" if roles else ", without owners and grants")
+        + f" ({restored.seconds:.1f} s)"
+    )
+    if doc is not None:
+        configured = databases.configure(name, doc, roles, created)
+        out.settings_applied, out.settings_failed = configured.applied, configured.failed
+        out.skipped = [
+            f"membership of {m}" for m in (out.made.skipped_memberships if out.made else [])
+        ]
+        out.skipped += configured.skipped
+        compared = as_it_was(target, doc, cfg, created)
+        out.compared, out.notes = True, compared.notes
+        out.as_it_was = compared.failures(owners=roles)
+        if not roles:
+            out.not_restored = compared.lost
+    proof = prove_restore(target, table_document(work, decrypted), cfg)
+    out.proof = proof.summary()
+    out.relations, out.rows = proof.rows.checked, proof.rows.rows
+    if not proof.ok:
+        out.differences = proof.report().splitlines()
+    out.notes = [*proof.notes(), *out.notes]
+    out.seconds = round(time.monotonic() - started, 3)
+    return out

@@ -59,6 +59,17 @@ class Runtime:
         return Databases(self.scratch, self.source)
 
     @cached_property
+    def drill_server(self) -> PgEndpoint:
+        """Where drills restore: the standby server (``drill.standby_conn_id``), else scratch."""
+        conn_id = self.cfg.drill.standby_conn_id
+        return endpoint(conn_id) if conn_id else self.scratch
+
+    @cached_property
+    def drill_databases(self) -> Databases:
+        """Create/drop on the drill's server; the source database is refused on every call."""
+        return Databases(self.drill_server, self.source)
+
+    @cached_property
     def storage(self) -> Storage:
         """Where the target's sets live."""
         return open_storage(self.cfg.storage)

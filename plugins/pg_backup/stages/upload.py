@@ -45,6 +45,11 @@ def upload_set(
     store.put_file(
         run.staging_path / tables.name, prefix + layout.TABLES_OBJECT, tables, lock_until
     )
+    script = encrypted.globals
+    if script is not None:
+        store.put_file(
+            run.staging_path / script.name, prefix + layout.GLOBALS_OBJECT, script, lock_until
+        )
     manifest = Manifest(
         backup_id=run.backup_id,
         target=run.target,
@@ -65,6 +70,12 @@ def upload_set(
             key=prefix + layout.TABLES_OBJECT, bytes=tables.bytes, sha256=tables.sha256
         ),
         emergency=emergency,
+        database=dumped.database,
+        globals=ObjectEntry(
+            key=prefix + layout.GLOBALS_OBJECT, bytes=script.bytes, sha256=script.sha256
+        )
+        if script
+        else None,
     )
     store.put_bytes(prefix + layout.MANIFEST_OBJECT, manifest.to_bytes(), lock_until)
     catalog_index.record_set(store, manifest, lock_until)
