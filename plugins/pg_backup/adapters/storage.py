@@ -214,7 +214,10 @@ class FileStorage(Storage):
     def delete(self, key: str) -> None:
         """Remove a file and prune empty parent directories up to the root."""
         path = self._path(key)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # refused (permissions, an immutable file): say which and why
+            raise StorageError(f"delete {self.describe(key)}: {exc.strerror}") from None
         parent = path.parent
         root = self.root.resolve()
         while parent != root and parent.is_dir() and not any(parent.iterdir()):
