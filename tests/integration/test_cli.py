@@ -30,14 +30,19 @@ def backed_up(harness_factory, age_keys):
     os.environ.pop("AIRFLOW_CONN_PG_BACKUP_AGE_IDENTITY", None)
 
 
-def cli(h, *args):
-    """Run the installed console script the way an operator would."""
-    env = dict(os.environ, PG_BACKUP_CONFIG=str(h.config_path))
+def cli(h, *args, env=None):
+    """Run the installed console script the way an operator would (env: extra variables; None unsets one)."""
+    full = dict(os.environ, PG_BACKUP_CONFIG=str(h.config_path))
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
     return subprocess.run(
         [sys.executable, "-m", "pg_backup.cli", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=full,
         timeout=300,
     )
 

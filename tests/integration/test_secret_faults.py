@@ -20,7 +20,7 @@ import yaml
 from tests.conftest import REPO
 from tests.integration.conftest import task_states
 from tests.integration.fake_sets import write_set
-from tests.integration.test_source_guard import run_cli
+from tests.integration.test_cli import cli
 
 PASSWORD = "Sw0rdfish@:/%#?&=" + os.urandom(4).hex()
 AWS_ID = "AKIA" + os.urandom(8).hex().upper()
@@ -70,7 +70,7 @@ def test_secrets_in_the_config_reach_neither_the_import_error_nor_check(
     assert "Airflow connection" in message
     assert_no_secret(message, PASSWORD, AWS_ID, AWS_SECRET, age_keys.secret)
 
-    checked = run_cli(h, "--config", str(path), "check")
+    checked = cli(h, "--config", str(path), "check")
     assert checked.returncode == 1
     assert checked.stdout.startswith("FAIL config:"), checked.stdout
     assert_no_secret(checked.stdout + checked.stderr, PASSWORD, AWS_ID, AWS_SECRET, age_keys.secret)
@@ -154,7 +154,7 @@ def test_cli_errors_never_echo_a_password_given_on_the_command_line(harness_fact
     h = harness_factory("file", schema="")
     fake = write_set(h.storage().put_bytes, h.name, h._clock, kind="scheduled")
     into = f"postgresql://admin:{quote(PASSWORD, safe='')}@nowhere.invalid:5432/restored"
-    done = run_cli(h, "restore", h.name, fake.backup_id, "--into", into)
+    done = cli(h, "restore", h.name, fake.backup_id, "--into", into)
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "cannot connect to PostgreSQL" in done.stderr

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from functools import partial
@@ -28,7 +26,8 @@ from pg_backup.core.manifest import Manifest
 from pg_backup.stages.runtime import Runtime
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 from tests.integration.clusters import Cluster, second_cluster
-from tests.integration.conftest import Harness, task_states
+from tests.integration.conftest import task_states
+from tests.integration.test_cli import cli
 from tests.integration.test_failures import SMALL_SCHEMA, conn_json, row_counts
 
 # Every character that breaks a naive URI or DSN, and one outside ASCII.
@@ -44,23 +43,28 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def remote_source(cluster: Cluster) -> dict[str, Any]:
     """A source database on the second cluster, owned by a login with a SPECIAL password."""
-    from psycopg import sql
-
     role = f"pgb_special_{uuid.uuid4().hex[:6]}"
     password = SPECIAL + uuid.uuid4().hex[:6]
     db = f"voting_{uuid.uuid4().hex[:6]}"
+    make_role(cluster, role, password, "SUPERUSER", db)
+    with cluster.connect(db, user=role, password=password) as conn:
+        conn.execute(SMALL_SCHEMA)
+    return {"role": role, "password": password, "db": db}
+
+
+def make_role(cluster: Cluster, role: str, password: str, rights: str, db: str) -> None:
+    """A login role on the cluster (password through the protocol, never argv) owning ``db``."""
+    from psycopg import sql
+
     with cluster.connect() as conn:
         conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+            sql.SQL("CREATE ROLE {} LOGIN " + rights + " PASSWORD {}").format(
                 sql.Identifier(role), sql.Literal(password)
             )
         )
         conn.execute(
             sql.SQL("CREATE DATABASE {} OWNER {}").format(*map(sql.Identifier, (db, role)))
         )
-    with cluster.connect(db, user=role, password=password) as conn:
-        conn.execute(SMALL_SCHEMA)
-    return {"role": role, "password": password, "db": db}
 
 
 def oid_and_counts(cluster: Cluster, db: str) -> tuple[int, list[Any]]:
@@ -68,23 +72,6 @@ def oid_and_counts(cluster: Cluster, db: str) -> tuple[int, list[Any]]:
     (oid,) = cluster.sql("SELECT oid FROM pg_database WHERE datname = %s", params=(db,))[0]
     counts = cluster.sql('SELECT (SELECT count(*) FROM public."Vote"), count(*) FROM audit', db)
     return int(oid), counts
-
-
-def run_cli(h: Harness, *args: str, env: dict[str, str | None] | None = None) -> Any:
-    """``pg-backup`` as an operator runs it, with extra environment (None unsets a variable)."""
-    full = dict(os.environ, PG_BACKUP_CONFIG=str(h.config_path))
-    for key, value in (env or {}).items():
-        if value is None:
-            full.pop(key, None)
-        else:
-            full[key] = value
-    return subprocess.run(
-        [sys.executable, "-m", "pg_backup.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full,
-        timeout=300,
-    )
 
 
 def test_special_password_backup_then_alias_of_the_source_is_refused_on_every_cli_path(
@@ -122,7 +109,7 @@ def test_special_password_backup_then_alias_of_the_source_is_refused_on_every_cl
         # The worst day: no source connection at all; the manifest still knows the source.
         (["--force"], {**pw, source_var: None}),
     ):
-        done = run_cli(h, "restore", h.name, backup, "--into", alias, *identity, *extra, env=env)
+        done = cli(h, "restore", h.name, backup, "--into", alias, *identity, *extra, env=env)
         assert done.returncode == 2, done.stdout + done.stderr
         assert "refusing to create, restore into or drop" in done.stderr, done.stderr
         assert "it is the source database" in done.stderr, done.stderr
@@ -133,7 +120,7 @@ def test_special_password_backup_then_alias_of_the_source_is_refused_on_every_cl
     psql(f'CREATE DATABASE "{src["db"]}"')
     try:
         here = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={src['db']}"
-        done = run_cli(h, "restore", h.name, backup, "--into", here, *identity, "--force")
+        done = cli(h, "restore", h.name, backup, "--into", here, *identity, "--force")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "rows exactly as in the snapshot" in done.stdout
         assert row_counts(src["db"]) == {'public."Vote"': 400, "public.audit": 150}
@@ -224,15 +211,7 @@ def test_without_the_system_identifier_the_probe_decides_and_unknown_is_refused(
 
     role, password = f"pgb_plain_{uuid.uuid4().hex[:6]}", "Plain-" + uuid.uuid4().hex
     db = f"src_{uuid.uuid4().hex[:6]}"
-    with cluster.connect() as conn:
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(password)
-            )
-        )
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(*map(sql.Identifier, (db, role)))
-        )
+    make_role(cluster, role, password, "CREATEDB", db)
     # Only on our own cluster, in each database (function grants live in each): what some
     # managed services do.
     for each in ("postgres", db):

@@ -22,13 +22,13 @@ from pg_backup.core.records import DumpResult, EncryptResult, PreflightResult
 from pg_backup.stages.runtime import Runtime
 from pg_backup.stages.upload import upload_set
 from tests.integration.conftest import Harness, task_states, xcoms
+from tests.integration.test_cli import cli
 from tests.integration.test_failures import (
     SMALL_SCHEMA,
     flip_byte,
     stage_until_encrypted,
     storage_keys,
 )
-from tests.integration.test_source_guard import run_cli
 
 
 def stored(h: Harness) -> dict[str, str]:
@@ -106,7 +106,7 @@ def test_upload_rerun_after_a_green_run_keeps_the_verified_set(harness_factory, 
         f"{manifest.data.bytes}"
     ]
     # ... and `pg-backup list` shows it, instead of a plain "verified".
-    listed = run_cli(h, "list", h.name)
+    listed = cli(h, "list", h.name)
     assert listed.returncode == 0, listed.stderr
     (line,) = [row for row in listed.stdout.splitlines() if row.startswith(manifest.backup_id)]
     assert "the manifest says" in line and f"{len(short)} bytes" in line, line
