@@ -47,6 +47,26 @@ def cli(h, *args, env=None):
     )
 
 
+def cli_in_process(h, capsys, *args, env=None):
+    """``pg_backup.cli.main`` in this process (no interpreter start-up): exit code and output.
+
+    Not for ``check``, which quiets the package's logger for the rest of the process.
+    """
+    from pg_backup.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PG_BACKUP_CONFIG", str(h.config_path))
+        for key, value in (env or {}).items():
+            if value is None:
+                patch.delenv(key, raising=False)
+            else:
+                patch.setenv(key, value)
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["pg-backup", *args], code, out, err)
+
+
 def counts(db):
     rows = psql(
         'SELECT (SELECT count(*) FROM public."Vote"), (SELECT count(*) FROM public."User"),'

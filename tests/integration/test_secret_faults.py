@@ -20,7 +20,7 @@ import yaml
 from tests.conftest import REPO
 from tests.integration.conftest import task_states
 from tests.integration.fake_sets import write_set
-from tests.integration.test_cli import cli
+from tests.integration.test_cli import cli, cli_in_process
 
 PASSWORD = "Sw0rdfish@:/%#?&=" + os.urandom(4).hex()
 AWS_ID = "AKIA" + os.urandom(8).hex().upper()
@@ -149,12 +149,12 @@ def test_a_drill_step_failing_on_a_secret_keeps_it_out_of_report_mail_and_log(
     assert_no_secret(json.dumps(doc) + text + everything_said(capfd, caplog), PASSWORD)
 
 
-def test_cli_errors_never_echo_a_password_given_on_the_command_line(harness_factory):
+def test_cli_errors_never_echo_a_password_given_on_the_command_line(harness_factory, capsys):
     """restore --into a URI with a password to a server that does not answer: one line, exit 2, no password."""
     h = harness_factory("file", schema="")
     fake = write_set(h.storage().put_bytes, h.name, h._clock, kind="scheduled")
     into = f"postgresql://admin:{quote(PASSWORD, safe='')}@nowhere.invalid:5432/restored"
-    done = cli(h, "restore", h.name, fake.backup_id, "--into", into)
+    done = cli_in_process(h, capsys, "restore", h.name, fake.backup_id, "--into", into)
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "cannot connect to PostgreSQL" in done.stderr

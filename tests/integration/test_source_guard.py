@@ -27,7 +27,7 @@ from pg_backup.stages.runtime import Runtime
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 from tests.integration.clusters import Cluster, second_cluster
 from tests.integration.conftest import task_states
-from tests.integration.test_cli import cli
+from tests.integration.test_cli import cli, cli_in_process
 from tests.integration.test_failures import SMALL_SCHEMA, conn_json, row_counts
 
 # Every character that breaks a naive URI or DSN, and one outside ASCII.
@@ -75,7 +75,7 @@ def oid_and_counts(cluster: Cluster, db: str) -> tuple[int, list[Any]]:
 
 
 def test_special_password_backup_then_alias_of_the_source_is_refused_on_every_cli_path(
-    harness_factory, cluster, remote_source
+    harness_factory, cluster, remote_source, capsys
 ):
     """A URI password of @:/%#?&= backs up; restore into the source through an alias is refused with and without --force, and with the source connection unset."""
     h = harness_factory("file", schema="")
@@ -109,7 +109,9 @@ def test_special_password_backup_then_alias_of_the_source_is_refused_on_every_cl
         # The worst day: no source connection at all; the manifest still knows the source.
         (["--force"], {**pw, source_var: None}),
     ):
-        done = cli(h, "restore", h.name, backup, "--into", alias, *identity, *extra, env=env)
+        done = cli_in_process(
+            h, capsys, "restore", h.name, backup, "--into", alias, *identity, *extra, env=env
+        )
         assert done.returncode == 2, done.stdout + done.stderr
         assert "refusing to create, restore into or drop" in done.stderr, done.stderr
         assert "it is the source database" in done.stderr, done.stderr
@@ -245,3 +247,39 @@ def test_without_the_system_identifier_the_probe_decides_and_unknown_is_refused(
             conn.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_source_down_after_the_dump_neither_fails_verification_nor_opens_the_guard(
+    harness_factory,
+):
+    """The source stops answering after upload: restore and verify still run (the manifest's identity tells the source apart), and the source is still refused."""
+    from pg_backup.core.records import EncryptResult
+    from pg_backup.stages.preflight import run_preflight
+    from pg_backup.stages.restore import create_scratch_db, drop_scratch_db, restore_staged
+    from pg_backup.stages.upload import upload_set
+    from pg_backup.stages.verify import verify_restore
+    from tests.conftest import free_port
+    from tests.integration.test_failures import stage_until_encrypted
+
+    h = harness_factory("file", schema=SMALL_SCHEMA)
+    cfg = h.write_config()
+    run = h.run_info()
+    checked = run_preflight(Runtime(cfg, run))
+    dumped, data, tables = stage_until_encrypted(cfg, run)
+    upload_set(
+        Runtime(cfg, run), dumped, EncryptResult(data=data, tables=tables), source=checked.source
+    )
+    # The source connection now leads nowhere (a failover, an outage).
+    os.environ[f"AIRFLOW_CONN_PGB_SRC_{h.name.upper()}"] = conn_json(h.source_db, port=free_port())
+    database = create_scratch_db(Runtime(cfg, run), dumped)
+    try:
+        restored = restore_staged(Runtime(cfg, run), dumped, database)
+        record = verify_restore(Runtime(cfg, run), dumped, restored)
+        assert record.status == "verified" and record.rows_checked == 550
+        # The same server under the same spelling as the scratch connection: only the
+        # recorded identity can tell, and it does.
+        with pytest.raises(SourceProtected, match="it is the source database"):
+            Runtime(cfg, run).scratch_databases.drop(h.source_db)
+        assert row_counts(h.source_db) == {'public."Vote"': 400, "public.audit": 150}
+    finally:
+        drop_scratch_db(Runtime(cfg, run))

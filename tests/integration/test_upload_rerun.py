@@ -22,7 +22,7 @@ from pg_backup.core.records import DumpResult, EncryptResult, PreflightResult
 from pg_backup.stages.runtime import Runtime
 from pg_backup.stages.upload import upload_set
 from tests.integration.conftest import Harness, task_states, xcoms
-from tests.integration.test_cli import cli
+from tests.integration.test_cli import cli_in_process
 from tests.integration.test_failures import (
     SMALL_SCHEMA,
     flip_byte,
@@ -66,7 +66,7 @@ def rerun_upload(h: Harness, values: dict[str, Any], manifest: Manifest) -> Any:
 
 
 @pytest.mark.parametrize("storage", ["file", "s3"])
-def test_upload_rerun_after_a_green_run_keeps_the_verified_set(harness_factory, storage):
+def test_upload_rerun_after_a_green_run_keeps_the_verified_set(harness_factory, storage, capsys):
     """Cleared after success, upload is a no-op: the set stays intact and verified; with its data object damaged and staging gone, it touches nothing and says so."""
     h = harness_factory(storage, schema=SMALL_SCHEMA)
     run = h.run()
@@ -106,7 +106,7 @@ def test_upload_rerun_after_a_green_run_keeps_the_verified_set(harness_factory, 
         f"{manifest.data.bytes}"
     ]
     # ... and `pg-backup list` shows it, instead of a plain "verified".
-    listed = cli(h, "list", h.name)
+    listed = cli_in_process(h, capsys, "list", h.name)
     assert listed.returncode == 0, listed.stderr
     (line,) = [row for row in listed.stdout.splitlines() if row.startswith(manifest.backup_id)]
     assert "the manifest says" in line and f"{len(short)} bytes" in line, line

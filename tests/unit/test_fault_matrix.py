@@ -90,6 +90,13 @@ MATRIX: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "the source stops answering after the dump",
+        "restore and verify go on; the manifest's recorded identity still refuses the source",
+        [
+            "integration/test_source_guard.py::test_source_down_after_the_dump_neither_fails_verification_nor_opens_the_guard"
+        ],
+    ),
+    (
         "CLI restore --into the source through an alias, with or without --force",
         "refused, also with the source connection unset; the source's oid and rows unchanged",
         [

@@ -9,6 +9,7 @@ cannot be proven is refused when a database of that name exists.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pg_backup.adapters.pgconn import PgEndpoint, probe_session, target_facts
 from pg_backup.core.errors import DatabaseUnreachable, SourceProtected
@@ -32,14 +33,15 @@ class Databases:
     :param source: the source database's connection; None where none is defined (a restore
         onto a new server with the source gone): then only ``recorded`` can tell, and a
         database that exists and cannot be told apart from the source is refused
-    :param recorded: the source's identity as a set's manifest recorded it at backup time
+    :param recorded: the source's identity as a set's manifest recorded it at backup time, or
+        a function reading it (called only when the live source cannot tell)
     """
 
     def __init__(
         self,
         server: PgEndpoint,
         source: PgEndpoint | None,
-        recorded: SourceIdentity | None = None,
+        recorded: SourceIdentity | Callable[[], SourceIdentity | None] | None = None,
     ):
         self.server = server
         self.source = source
@@ -76,7 +78,8 @@ class Databases:
             except DatabaseUnreachable as exc:
                 unreachable = f"the source connection {self.source.conn_id!r} does not answer"
                 log.warning("source guard: %s", exc.summary)
-        recorded = recorded or self.recorded
+        if recorded is None:
+            recorded = self.recorded() if callable(self.recorded) else self.recorded
         if recorded is None:
             why = unreachable or "no source connection is defined"
             return Verdict(None, f"{why}, and the set records no source identity")
