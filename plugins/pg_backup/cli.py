@@ -88,19 +88,30 @@ def _list(args: argparse.Namespace) -> int:
 
     cfg = _load_target(args)
     store = open_storage(cfg.storage)
-    found = inventory(store, cfg.name)
+    found = inventory(store, cfg.name, cfg.encryption.own_keys)
     drilled: dict[str, str] = {}
     for obj in sorted(store.list(f"{cfg.name}/drills/"), key=lambda o: o.key):
-        for item in json.loads(store.get_bytes(obj.key)).get("backups", []):
+        try:
+            items = json.loads(store.get_bytes(obj.key)).get("backups", [])
+        except ValueError:
+            continue  # not a drill report of ours
+        for item in items:
             drilled[item["backup_id"]] = "passed" if item.get("ok") else "FAILED"
-    print(f"{'backup id':<46} {'taken (UTC)':<17} {'kind':<9} {'MB':>9}  {'status':<10} drilled")
+    print(
+        f"{'backup id':<46} {'taken (UTC)':<17} {'kind':<9} {'MB':>9}  {'status':<10} "
+        f"{'drilled':<8} note"
+    )
     for s in sorted(found.sets, key=lambda s: s.taken_at, reverse=True):
+        note = f"FOREIGN: {s.foreign}" if s.foreign else "; ".join(s.problems)
         print(
             f"{s.backup_id:<46} {s.taken_at[:16].replace('T', ' '):<17} {s.kind:<9} "
-            f"{s.bytes / 1e6:>9.1f}  {s.status:<10} {drilled.get(s.backup_id, '-')}"
+            f"{s.bytes / 1e6:>9.1f}  {s.status:<10} {drilled.get(s.backup_id, '-'):<8} {note}"
         )
     if found.stray:
-        print(f"({len(found.stray)} object(s) under {cfg.name}/ are not part of any set)")
+        print(
+            f"({len(found.stray)} object(s) under {cfg.name}/ were not written by pg_backup: "
+            f"{', '.join(found.stray[:3])}{', ...' if len(found.stray) > 3 else ''})"
+        )
     print(f"{len(found.sets)} set(s) in {store.url}")
     return 0
 
@@ -174,7 +185,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _restore_target(args: argparse.Namespace) -> Any:
-    from pg_backup.adapters.pgconn import PgEndpoint, endpoint
+    from pg_backup.adapters.pgconn import LIBPQ_EXTRAS, PgEndpoint, endpoint
     from pg_backup.core.errors import ConfigError
 
     into = args.into
@@ -192,7 +203,7 @@ def _restore_target(args: argparse.Namespace) -> Any:
         ) from None
     if not fields.get("dbname"):
         raise ConfigError("--into names no database: add dbname=... to it")
-    options: dict[str, str] = {k: fields[k] for k in ("sslmode", "sslrootcert") if k in fields}
+    options: dict[str, str] = {k: fields[k] for k in LIBPQ_EXTRAS if k in fields}
     return PgEndpoint(
         conn_id="--into",
         host=fields.get("host", ""),
@@ -226,7 +237,10 @@ def _restore(args: argparse.Namespace) -> int:
     cfg = _load_target(args)
     rt = _runtime(args, cfg)
     target = _restore_target(args)
-    databases = Databases(target.with_db("postgres"), _source_or_none(rt))
+    # The set's manifest records which database it came from: with the source connection down
+    # or undefined, that still tells the source apart.
+    recorded = retrieve.load_manifest(rt.storage, cfg.name, args.backup_id).source
+    databases = Databases(target.with_db("postgres"), _source_or_none(rt), recorded)
     databases.guard(target.dbname)
     if databases.exists(target.dbname) and not args.force:
         relations = databases.user_relations(target.dbname)

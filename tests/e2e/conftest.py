@@ -40,7 +40,9 @@ from tests.integration.conftest import RICH_SCHEMA
 
 pytestmark = pytest.mark.e2e
 
-ALERT_TO = "dba@test.invalid"
+# Its own address: the SMTP sink is shared with the integration tests that ran earlier on the
+# same worker, and only the stack's mail counts here.
+ALERT_TO = "e2e-dba@test.invalid"
 SMTP_CONN_ID = "pgb_test_smtp"  # AIRFLOW_CONN_PGB_TEST_SMTP is set by the smtp_sink fixture
 SCRATCH_CONN_ID = "pgb_e2e_scratch"
 START_TIMEOUT = 150.0  # seconds for init + every component + the first parse of the DAGs
@@ -217,8 +219,11 @@ class Stack:
     # --- mail ---------------------------------------------------------------------------
 
     def mails(self, match: Callable[[Message], bool] = lambda m: True) -> list[Message]:
+        """The stack's mails (sent to ALERT_TO) that match."""
         with self.sink.lock:
-            return [m for m in self.sink.messages if match(m)]
+            return [
+                m for m in self.sink.messages if ALERT_TO in str(m["X-Envelope-To"]) and match(m)
+            ]
 
     def wait_mail(
         self, match: Callable[[Message], bool], timeout: float, what: str = "mail"

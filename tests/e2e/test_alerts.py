@@ -329,6 +329,70 @@ def test_permanent_dump_failure_mails_once_after_last_retry(airflow_stack: Stack
     assert "no matching schemas were found" in text, text  # pg_dump's own words reach the DBA
 
 
+# --- 4b. clearing one task of a green run ----------------------------------------------------
+
+
+def test_clearing_upload_of_a_green_run_keeps_its_verified_set(airflow_stack: Stack) -> None:
+    """Clearing only upload of a green run (the UI's Clear, downstream unticked) reruns it as a no-op: the run stays green, the set whole and verified."""
+    import hashlib
+    import json
+
+    stack = airflow_stack
+    dag_id = "pg_backup_emergency_healthy"
+    run_id = stack.trigger(dag_id, "e2e: clear its upload afterwards")["dag_run_id"]
+    assert stack.wait_run(dag_id, run_id, RUN_TIMEOUT_S)["state"] == "success"
+    (set_dir,) = [
+        m.parent
+        for m in (stack.storage_root / "healthy").rglob("manifest.json")
+        if json.loads(m.read_text())["run_id"] == run_id
+    ]
+    backup_id = set_dir.name
+
+    def contents() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in set_dir.iterdir()}
+
+    before = contents()
+    assert set(before) == {
+        "db.dump.zst.age",
+        "tables.json.age",
+        "manifest.json",
+        "verification.json",
+    }
+    assert not (stack.staging_root / "healthy" / backup_id).exists()  # cleaned after success
+
+    cleared = stack.api(
+        "POST",
+        f"/dags/{dag_id}/clearTaskInstances",
+        json={
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": ["upload"],
+            "only_failed": False,
+            "include_upstream": False,
+            "include_downstream": False,
+        },
+    )
+    # Airflow clears a task's setup and teardown with it (preflight, cleanup_staging), never
+    # the stages downstream of it: restore and verify keep their results.
+    rerun = {ti["task_id"] for ti in cleared["task_instances"]}
+    assert "upload" in rerun and rerun <= {"preflight", "upload", "cleanup_staging"}, rerun
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        upload = stack.task_instances(dag_id, run_id)["upload"]
+        if upload["try_number"] >= 2 and upload["state"] in ("success", "failed"):
+            break
+        assert time.monotonic() < deadline, upload
+        time.sleep(1.0)
+    ended = stack.wait_run(dag_id, run_id, RUN_TIMEOUT_S)
+    tis = stack.task_instances(dag_id, run_id)
+    assert (upload["state"], upload["try_number"]) == ("success", 2), upload
+    assert ended["state"] == "success", {t: ti["state"] for t, ti in tis.items()}
+    assert all(tis[t]["try_number"] == 1 for t in ("dump", "restore", "verify")), tis
+    # Nothing was withdrawn or rewritten: the set the green run stands for is whole.
+    assert contents() == before
+    assert '"verified"' in (set_dir / "verification.json").read_text()
+
+
 # --- 5. no duplicates ------------------------------------------------------------------------
 
 

@@ -29,16 +29,41 @@ def backed_up(harness_factory, age_keys):
     os.environ.pop("AIRFLOW_CONN_PG_BACKUP_AGE_IDENTITY", None)
 
 
-def cli(h, *args):
-    """Run the installed console script the way an operator would."""
-    env = dict(os.environ, PG_BACKUP_CONFIG=str(h.config_path))
+def cli(h, *args, env=None):
+    """Run the installed console script the way an operator would (env: extra variables; None unsets one)."""
+    full = dict(os.environ, PG_BACKUP_CONFIG=str(h.config_path))
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
     return subprocess.run(
         [sys.executable, "-m", "pg_backup.cli", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=full,
         timeout=300,
     )
+
+
+def cli_in_process(h, capsys, *args, env=None):
+    """``pg_backup.cli.main`` in this process (no interpreter start-up): exit code and output.
+
+    Not for ``check``, which quiets the package's logger for the rest of the process.
+    """
+    from pg_backup.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PG_BACKUP_CONFIG", str(h.config_path))
+        for key, value in (env or {}).items():
+            if value is None:
+                patch.delenv(key, raising=False)
+            else:
+                patch.setenv(key, value)
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["pg-backup", *args], code, out, err)
 
 
 def counts(db):

@@ -102,7 +102,13 @@ def test_flipped_byte_in_storage_is_caught_by_the_hash(harness_factory, identity
     assert states["fetch"] == "failed" and states["report"] == "failed"
     doc = _report(h, run)
     assert doc["outcome"] == "failed"
-    assert "fetch did not complete" in doc["backups"][0]["error"]
+    # The report carries the cause in one line: the object and what is wrong with it.
+    error = doc["backups"][0]["error"]
+    assert error.startswith("fetch failed: ") and "\n" not in error, error
+    assert f"{key} does not match its manifest" in error and "do not rely on it" in error
+    (mail,) = [m for m in h.mail.messages if "restore drill" in m["Subject"]]
+    assert f"{doc['backups'][0]['backup_id']}: fetch failed: " in str(mail["Subject"])
+    assert "does not match its manifest" in h.mail.text(mail)
     from pg_backup.core.errors import DrillError
     from pg_backup.stages.retrieve import fetch as fetch_set
     from pg_backup.stages.retrieve import load_manifest

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from pg_backup.adapters.storage import S3Storage, StorageError
+from pg_backup.adapters.storage import S3Storage
 from pg_backup.core import layout
 from pg_backup.core.manifest import Manifest
 from pg_backup.core.retention import Plan, plan_retention
 from pg_backup.stages.sweep import policy_of
 from tests.integration.conftest import Harness, task_states, xcoms
-from tests.integration.fake_sets import FakeSet, daily_history, write_set
+from tests.integration.fake_sets import RECIPIENT, FakeSet, daily_history, write_set
 
 AS_OF = datetime(2026, 3, 15, 4, 30, tzinfo=UTC)  # the sweep's default 30 4 * * *
 TASKS = ["inventory", "plan", "delete", "housekeeping", "check_freshness", "report"]
@@ -38,11 +38,17 @@ def day(month: int, dom: int, hour: int = 2) -> datetime:
     return datetime(2026, month, dom, hour, 0, tzinfo=UTC)
 
 
+def ours(h: Harness) -> Harness:
+    """The fake sets' public key is one of the harness target's keys: its sets are its own."""
+    h.write_config(encryption={"recipients": [h.age.public, RECIPIENT]})
+    return h
+
+
 def run_sweep(h: Harness, when: datetime = AS_OF, **conf: Any) -> Any:
     """Build pg_retention_sweep_<target> from the harness's config and run it once."""
     from pg_backup.dags.sweep import build_sweep_dag
 
-    dag = build_sweep_dag(h.write_config())
+    dag = build_sweep_dag(ours(h).write_config())
     params = {"dry_run": False, "force": False, **conf}
     return dag.test(run_after=when, logical_date=when, run_conf=params)
 
@@ -57,10 +63,19 @@ def set_keys(store: Any, target: str) -> set[str]:
 
 
 def expected_plan(h: Harness, sets: list[FakeSet], as_of: datetime, force: bool) -> Plan:
-    """The planner run by the test itself on the sets it wrote, with the configured policy."""
-    cfg = h.write_config()
+    """The planner run by the test itself on the sets it wrote, with the configured policy.
+
+    Incomplete sets (no manifest) cannot be proven anyone's: the sweep never plans them.
+    """
+    cfg = ours(h).write_config()
     policy = policy_of(cfg)
-    return plan_retention([s.backup_set() for s in sets], policy, as_of, force=force)
+    proven = [s for s in sets if s.status != "incomplete"]
+    return plan_retention([s.backup_set() for s in proven], policy, as_of, force=force)
+
+
+def unproven(sets: list[FakeSet]) -> set[str]:
+    """Ids of the sets without a manifest: left alone and reported by every sweep."""
+    return {s.backup_id for s in sets if s.status == "incomplete"}
 
 
 def keys_of(sets: list[FakeSet], ids: set[str]) -> set[str]:
@@ -104,8 +119,8 @@ def mixed_history(store: Any, target: str) -> list[FakeSet]:
     sets += [
         write_set(put, target, day(3, 14, 3), status="failed"),  # within grace: kept
         write_set(put, target, day(3, 5, 3), status="failed"),  # past grace: deleted
-        write_set(put, target, day(3, 13, 3), status="incomplete"),  # within grace: kept
-        write_set(put, target, day(2, 20, 3), status="incomplete"),  # past grace: deleted
+        write_set(put, target, day(3, 13, 3), status="incomplete"),  # no manifest: left alone
+        write_set(put, target, day(2, 20, 3), status="incomplete"),  # no manifest: left alone
         write_set(put, target, day(2, 25, 10), kind="emergency", keep_days=30),  # kept
         write_set(put, target, day(3, 3, 10), kind="emergency", keep_days=5),  # expired
         write_set(put, target, day(3, 14, 12), kind="emergency", status="unverified", keep_days=30),
@@ -130,7 +145,7 @@ def test_s3_sweep_refuses_big_plan_then_forced_deletes_exactly_the_plan(
     doomed = {b.backup_id for b in expected.delete}
     assert len(doomed) / len(sets) > 0.5  # the history really trips the default 0.5 rail
     statuses = {s.status for s in sets if s.backup_id in doomed}
-    assert {"verified", "failed", "incomplete"} <= statuses
+    assert {"verified", "failed"} <= statuses
     assert any(s.kind == "emergency" for s in sets if s.backup_id in doomed)
 
     logged(capfd, caplog)
@@ -149,11 +164,14 @@ def test_s3_sweep_refuses_big_plan_then_forced_deletes_exactly_the_plan(
     log = logged(capfd, caplog)
     assert set(states.values()) == {"success"}, states
     kept = {b.backup_id for b in expected.keep}
-    assert set_keys(store, h.name) == keys_of(sets, kept)
+    assert set_keys(store, h.name) == keys_of(sets, kept | unproven(sets))
 
     values = xcoms(forced)
     found = {s["backup_id"]: s["status"] for s in values["inventory"]["sets"]}
     assert found == {s.backup_id: s.status for s in sets}
+    # Sets without a manifest are reported as not proven ours, never planned or deleted.
+    left_alone = {f["backup_id"] for f in values["plan"]["foreign_sets"]}
+    assert left_alone == unproven(sets)
     planned = values["plan"]
     assert planned["forced"] is True and planned["refused"] is None
     assert {s["backup_id"]: s["rules"] for s in planned["sets"]} == {
@@ -165,8 +183,8 @@ def test_s3_sweep_refuses_big_plan_then_forced_deletes_exactly_the_plan(
     assert deleted["locked"] == [] and deleted["dry_run"] is False
     # the plan's table is in the plan task's log
     assert (
-        f"Retention plan as of 2026-03-15 04:30:00 UTC (calendar UTC): {len(sets)} sets, "
-        f"keep {len(kept)}, delete {len(doomed)} [force]"
+        f"Retention plan as of 2026-03-15 04:30:00 UTC (calendar UTC): "
+        f"{len(sets) - len(unproven(sets))} sets, keep {len(kept)}, delete {len(doomed)} [force]"
     ) in log
     newest = layout.backup_id(h.name, day(3, 15), "scheduled")
     assert any(newest in line and "newest verified" in line for line in log.splitlines())
@@ -215,7 +233,6 @@ def test_interrupted_sweep_is_finished_by_next_run(
     from pg_backup.stages.sweep import delete_sets, policy_of, utcnow
 
     h = harness_factory("s3", schema="")
-    cfg = h.write_config()
     store = h.storage()
     put = store.put_bytes
     sets = daily_history(put, h.name, day(3, 15), 20)  # 2026-02-24 .. 2026-03-15
@@ -227,17 +244,23 @@ def test_interrupted_sweep_is_finished_by_next_run(
     assert order[0] == yesterday  # 4 objects: deleted first, within the 3-day grace period
     interrupted = order[0] if deletes_before_outage < 4 else order[1]
 
-    found = inventory(store, h.name)
+    cfg = ours(h).write_config()
+    found = inventory(store, h.name, cfg.encryption.own_keys)
     plan = plan_retention(
-        [s.to_backup_set() for s in found.sets], policy_of(cfg), AS_OF, force=True
+        [s.to_backup_set() for s in found.ours()], policy_of(cfg), AS_OF, force=True
     )
     assert [b.backup_id for b in plan.delete] == order
     flaky = DropsNetworkAfter(store, s3_server, deletes_before_outage)
     try:
-        with pytest.raises(StorageError):
-            delete_sets(flaky, found, order, dry_run=False, now=utcnow())
+        result = delete_sets(flaky, found, order, dry_run=False, now=utcnow())
     finally:
         s3_server.start()
+    # The set being deleted when the endpoint vanished is reported, and so is every set after
+    # it (tried until the store had failed 3 times in a row, then not tried at all).
+    assert [r.split(" ", 1)[0] for r in result.refused] == order[order.index(interrupted) :]
+    assert any("not tried" in r for r in result.refused) == (
+        len(order) - order.index(interrupted) > 3
+    )
     interrupted_prefix = layout.set_prefix(h.name, interrupted)
     assert half_sets(store, h.name) == [interrupted_prefix]  # the fault hit mid-set
 
@@ -339,7 +362,7 @@ def test_dry_run_deletes_nothing_but_reports_what_would_go(harness_factory, capf
     expected = expected_plan(h, sets, AS_OF, force=False)
     assert expected.refused is None
     would_go = {b.backup_id for b in expected.delete}
-    assert len(would_go) == 4
+    assert len(would_go) == 3
     before = set_keys(store, h.name)
 
     logged(capfd, caplog)
@@ -353,6 +376,9 @@ def test_dry_run_deletes_nothing_but_reports_what_would_go(harness_factory, capf
         "deleted_objects": 0,
         "locked": [],
         "dry_run": True,
+        "refused": [],
+        "gone": [],
+        "held": [],
     }
     report = json.loads(store.get_bytes(values["report"]))
     assert report["delete"]["dry_run"] is True
@@ -434,7 +460,8 @@ def test_file_sweep_keeps_real_verified_set_and_prunes_empty_dirs(harness_factor
     assert set(task_states(run).values()) == {"success"}, task_states(run)
     found = {s["backup_id"]: s["status"] for s in xcoms(run)["inventory"]["sets"]}
     assert found[real.backup_id] == "verified"
-    assert set_keys(store, h.name) == keys_of(sets, {b.backup_id for b in expected.keep})
+    kept = {b.backup_id for b in expected.keep} | unproven(sets)
+    assert set_keys(store, h.name) == keys_of(sets, kept)
     assert sorted(xcoms(run)["delete"]["deleted_sets"]) == sorted(doomed)
     root = Path(h.storage_url[len("file://") :])
     empty = [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())]

@@ -58,13 +58,14 @@ def test_classify_from_objects_and_documents():
     assert classify(ALL, manifest, verification("failed")) == "failed"  # type: ignore[arg-type]
 
 
-def test_delete_order_puts_the_manifest_last_and_unknown_objects_first():
-    """Unknown objects, data, tables, verification, then the manifest."""
+def test_delete_order_is_known_objects_only_data_first_manifest_last():
+    """Data, tables, verification, then the manifest; an object of another name is never deleted."""
     rec = record(ALL | {"extra.txt"})
     names = [k[len(rec.prefix) :] for k in delete_order(rec)]
     assert names == [
-        "extra.txt",
-        *layout.SET_OBJECTS[:3],
+        layout.DATA_OBJECT,
+        layout.GLOBALS_OBJECT,
+        layout.TABLES_OBJECT,
         layout.VERIFICATION_OBJECT,
         layout.MANIFEST_OBJECT,
     ]

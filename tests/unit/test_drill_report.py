@@ -99,7 +99,20 @@ def test_a_missing_phase_or_a_slow_drill_fails_the_report_and_says_why():
     broken[DrillTask.DECRYPT] = None
     doc = build_report("voting", "r1", AT, 3, 60.0, collect(chosen, broken, AT))
     assert doc["outcome"] == "failed"
-    assert doc["backups"][0]["error"] == "decrypt did not complete: see the decrypt task's log"
+    assert doc["backups"][0]["error"] == (
+        "decrypt did not complete and recorded no cause (killed, or timed out before it could "
+        "say): see the decrypt task's log"
+    )
+    # With the cause the failed step recorded, the line says what went wrong.
+    causes = {backup: {"decrypt": "none of the 1 private key(s) given decrypts it\nmore"}}
+    doc = build_report("voting", "r1", AT, 3, 60.0, collect(chosen, broken, AT, causes))
+    assert doc["backups"][0]["error"] == (
+        "decrypt failed: none of the 1 private key(s) given decrypts it"
+    )
+    subject, body = report_mail(doc, "http://x/run")
+    assert subject.endswith(
+        f": {backup}: decrypt failed: none of the 1 private key(s) given decrypts it"
+    )
     slow = build_report(
         "voting", "r1", AT, 3, 2.0, collect(chosen, phase_outputs(backup, 10.0), AT)
     )

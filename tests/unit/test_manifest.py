@@ -10,13 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from pg_backup.core.dbprops import DatabaseLocale
-from pg_backup.core.manifest import Emergency, Manifest, ObjectEntry, Verification
+from pg_backup.core.manifest import Emergency, Manifest, ObjectEntry, SourceIdentity, Verification
 from tests.unit.test_dbprops import ICU
 
 PREFIX = "voting/2025/03/09/voting_20250309T020000Z_emergency/"
 SHA = hashlib.sha256(b"data").hexdigest()
 
 MANIFEST_KEYS = {
+    "source",
     "format",
     "backup_id",
     "target",
@@ -182,7 +183,7 @@ def test_manifest_json_keys_are_exactly_the_operational_set() -> None:
     assert set(doc["globals"]) == OBJECT_KEYS
     assert set(Manifest.model_fields) == MANIFEST_KEYS
     # No field is a free-form mapping that could carry per-table names or counts.
-    for model in (Manifest, ObjectEntry, Emergency, Verification, DatabaseLocale):
+    for model in (Manifest, ObjectEntry, Emergency, Verification, DatabaseLocale, SourceIdentity):
         for name, info in model.model_fields.items():
             assert "dict" not in str(info.annotation).lower(), f"{model.__name__}.{name}"
 

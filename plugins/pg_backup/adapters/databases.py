@@ -1,15 +1,18 @@
 """Whole databases on a server: create, drop, inspect. Never the source database.
 
 Every destructive call checks, itself, that the database it touches is not the source: no
-caller can create, restore into or drop the source by forgetting a check.
+caller can create, restore into or drop the source by forgetting a check. "Is this the
+source?" is asked of the servers (``core.identity``), never of a host name's spelling; what
+cannot be proven is refused when a database of that name exists.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pg_backup.adapters.pgconn import PgEndpoint
+from pg_backup.adapters.pgconn import PgEndpoint, probe_session, target_facts
 from pg_backup.core.dbprops import (
     DatabaseGlobals,
     DatabaseLocale,
@@ -26,7 +29,9 @@ from pg_backup.core.dbsql import (
     role_in_database_sql,
     split_setting,
 )
-from pg_backup.core.errors import SourceProtected
+from pg_backup.core.errors import DatabaseUnreachable, SourceProtected
+from pg_backup.core.identity import Verdict, judge
+from pg_backup.core.manifest import SourceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +69,89 @@ class Databases:
     """Databases of one server, with the source database protected.
 
     :param server: a login on the server, connected to a maintenance database (e.g. postgres)
-    :param source: the source database; None only where no source is known (a restore onto a
-        new server with the source gone), and then nothing is protected
+    :param source: the source database's connection; None where none is defined (a restore
+        onto a new server with the source gone): then only ``recorded`` can tell, and a
+        database that exists and cannot be told apart from the source is refused
+    :param recorded: the source's identity as a set's manifest recorded it at backup time, or
+        a function reading it (called only when the live source cannot tell)
     """
 
-    def __init__(self, server: PgEndpoint, source: PgEndpoint | None):
+    def __init__(
+        self,
+        server: PgEndpoint,
+        source: PgEndpoint | None,
+        recorded: SourceIdentity | Callable[[], SourceIdentity | None] | None = None,
+    ):
         self.server = server
         self.source = source
+        self.recorded = recorded
+        self._cleared: set[str] = set()
 
-    def endpoint(self, name: str) -> PgEndpoint:
+    def endpoint(self, name: str, recorded: SourceIdentity | None = None) -> PgEndpoint:
         """A login into database ``name`` of this server (refused for the source)."""
-        self.guard(name)
+        self.guard(name, recorded)
         return self.server.with_db(name)
 
-    def guard(self, name: str) -> None:
-        """Raise SourceProtected when ``name`` on this server is the source database."""
-        if self.source is not None and self.server.with_db(name).same_database_as(self.source):
+    def verdict(self, name: str, recorded: SourceIdentity | None = None) -> Verdict:
+        """Whether database ``name`` of this server is the source, and how that is known.
+
+        The live source connection is asked first (session probe, system identifier, port,
+        database oid); when it is not defined or does not answer, the identity ``recorded``
+        in a manifest is used.
+        """
+        target = self.server.with_db(name)
+        if self.source is not None and target.same_database_as(self.source):
+            return Verdict(True, "the same host, port and database name")
+        with self.server.connect(autocommit=True) as conn:
+            facts = target_facts(conn, name, None)
+        if facts.database_oid is None:  # nothing there to destroy: no need to ask the source
+            return judge(None, facts, live=True)
+        unreachable = ""
+        if self.source is not None:
+            try:
+                with (
+                    probe_session(self.source) as (live, probe),
+                    self.server.connect(autocommit=True) as conn,
+                ):
+                    return judge(live, target_facts(conn, name, probe), live=True)
+            except DatabaseUnreachable as exc:
+                unreachable = f"the source connection {self.source.conn_id!r} does not answer"
+                log.warning("source guard: %s", exc.summary)
+        if recorded is None:
+            recorded = self.recorded() if callable(self.recorded) else self.recorded
+        if recorded is None:
+            why = unreachable or "no source connection is defined"
+            return Verdict(None, f"{why}, and the set records no source identity")
+        found = judge(recorded, facts, live=False)
+        return Verdict(found.is_source, "; ".join(filter(None, [found.why, unreachable])))
+
+    def guard(self, name: str, recorded: SourceIdentity | None = None) -> None:
+        """Raise SourceProtected unless ``name`` on this server is proven not to be the source.
+
+        A database that does not exist yet is never the source. One that exists must be proven
+        another database: by the live source connection, or by the identity ``recorded`` in a
+        set's manifest when the source is not reachable.
+        """
+        if name in self._cleared:
+            return
+        where = self.server.with_db(name).describe()
+        found = self.verdict(name, recorded)
+        if found.is_source is False:
+            log.info("source guard: %s is not the source: %s", where, found.why)
+            self._cleared.add(name)
+            return
+        source = f"connection {self.source.conn_id!r}" if self.source else "the backed-up database"
+        if found.is_source:
             raise SourceProtected(
-                f"refusing to create, restore into or drop {self.server.with_db(name).describe()}:"
-                f" it is the source database of connection {self.source.conn_id!r}"
+                f"refusing to create, restore into or drop {where}: it is the source database "
+                f"of {source} ({found.why}). Choose another database or server"
             )
+        raise SourceProtected(
+            f"refusing to create, restore into or drop {where}: it exists and cannot be proven "
+            f"not to be the source database ({found.why}). Restore into a database that does "
+            "not exist yet, make the source connection reachable, or let the logins read "
+            "pg_control_system() (GRANT EXECUTE ON FUNCTION pg_control_system() TO <login>)"
+        )
 
     def exists(self, name: str) -> bool:
         """True if the database exists."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from pg_backup.core.config import TargetConfig
+from pg_backup.core.redact import redact
 
 _BODY = """
 <p>Backup target <b>{target}</b>: task <b>{{{{ ti.task_id }}}}</b> of DAG
@@ -15,10 +17,28 @@ _BODY = """
 """
 
 
-def _notifier(cfg: TargetConfig, what: str, subject_word: str, advice: str) -> Any:
+@cache
+def _redacting_notifier() -> Any:
+    """The smtp provider's notifier, with the task's exception redacted before rendering.
+
+    Our own errors are redacted when they are made; this covers every other exception a task
+    can end with (a library's message may quote a URI or a key).
+    """
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    return SmtpNotifier(
+    class RedactingSmtpNotifier(SmtpNotifier):  # type: ignore[misc]
+        def __call__(self, *args: Any) -> None:
+            if len(args) == 1 and args[0].get("exception") is not None:
+                context = dict(args[0])
+                context["exception"] = redact(str(context["exception"]))
+                args = (context,)
+            super().__call__(*args)
+
+    return RedactingSmtpNotifier
+
+
+def _notifier(cfg: TargetConfig, what: str, subject_word: str, advice: str) -> Any:
+    return _redacting_notifier()(
         to=list(cfg.alerts.emails),
         from_email=cfg.alerts.from_email,
         smtp_conn_id=cfg.alerts.smtp_conn_id,

@@ -7,16 +7,24 @@ through their environment only, never through argv where ``ps`` would show it.
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pg_backup.core.errors import ConnectionConfigError, DatabaseUnreachable
+from pg_backup.core.identity import TargetFacts
+from pg_backup.core.manifest import SourceIdentity
+from pg_backup.core.redact import redact
 
 if TYPE_CHECKING:
     import psycopg
 
 # Connection extras that map to libpq settings; everything else in extras is ignored.
-_LIBPQ_EXTRAS = {
+LIBPQ_EXTRAS = {
+    # The address to connect to while ``host`` stays the name (for TLS and .pgpass).
+    "hostaddr": "PGHOSTADDR",
     "sslmode": "PGSSLMODE",
     "sslrootcert": "PGSSLROOTCERT",
     "sslcert": "PGSSLCERT",
@@ -42,8 +50,8 @@ class PgEndpoint:
     options: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
-        """``user@host:port/db`` for messages (no password)."""
-        return f"{self.user}@{self.host or 'localhost'}:{self.port}/{self.dbname}"
+        """``user@host:port/db`` for messages (no password; a pasted URI in a field redacted)."""
+        return redact(f"{self.user}@{self.host or 'localhost'}:{self.port}/{self.dbname}")
 
     def with_db(self, dbname: str) -> PgEndpoint:
         """The same server, another database."""
@@ -68,7 +76,7 @@ class PgEndpoint:
         import psycopg
 
         try:
-            conn = psycopg.connect(**self.connect_kwargs(), **kwargs)
+            conn = psycopg.connect(**{**self.connect_kwargs(), **kwargs})
         except psycopg.OperationalError as exc:
             raise DatabaseUnreachable(
                 f"cannot connect to PostgreSQL {self.describe()} (connection {self.conn_id!r}): "
@@ -98,7 +106,7 @@ class PgEndpoint:
             "PGDATABASE": self.dbname,
             "PGAPPNAME": "pg_backup",
         }
-        for key, var in _LIBPQ_EXTRAS.items():
+        for key, var in LIBPQ_EXTRAS.items():
             if key in self.options:
                 env[var] = str(self.options[key])
         if self.password:
@@ -106,12 +114,92 @@ class PgEndpoint:
         return {k: v for k, v in env.items() if v}
 
     def same_database_as(self, other: PgEndpoint) -> bool:
-        """True when both name the same host, port and database (local spellings folded)."""
+        """True when both *spell* the same host, port and database (local spellings folded).
+
+        A match proves sameness; a mismatch proves nothing (aliases, ``hostaddr``, forwards):
+        ``Databases.guard`` asks the servers themselves (``core.identity``).
+        """
         return (
             _norm_host(self.host) == _norm_host(other.host)
             and self.port == other.port
             and self.dbname == other.dbname
         )
+
+
+_SYSTEM_IDENTIFIER_SQL = "SELECT system_identifier::text FROM pg_control_system()"
+_THIS_DATABASE_SQL = (
+    "SELECT current_setting('port')::int, current_database(),"
+    " (SELECT oid::bigint FROM pg_database WHERE datname = current_database())"
+)
+# Every login sees every session's application_name and datid in pg_stat_activity; the second
+# column says whether this listing shows this very session (else a miss proves nothing).
+_PROBE_SQL = (
+    "SELECT count(*) FILTER (WHERE application_name = %s),"
+    " count(*) FILTER (WHERE pid = pg_backend_pid()"
+    "                  AND application_name = current_setting('application_name'))"
+    " FROM pg_stat_activity"
+)
+
+
+def system_identifier(conn: Any) -> str | None:
+    """The cluster's system identifier, or None when this login may not call the function.
+
+    PostgreSQL grants EXECUTE on ``pg_control_system()`` to PUBLIC by default; some managed
+    services revoke it. Needs an autocommit connection (a refusal must not abort a transaction).
+    """
+    import psycopg
+
+    try:
+        row = conn.execute(_SYSTEM_IDENTIFIER_SQL).fetchone()
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
+        return None
+    return str(row[0]) if row and row[0] is not None else None
+
+
+def source_identity(conn: Any) -> SourceIdentity:
+    """The identity of the database ``conn`` is connected to (autocommit connection)."""
+    row = conn.execute(_THIS_DATABASE_SQL).fetchone()
+    assert row is not None  # a SELECT without FROM always returns its row
+    port, database, oid = row
+    return SourceIdentity(
+        system_identifier=system_identifier(conn),
+        port=int(port),
+        database=str(database),
+        database_oid=int(oid),
+    )
+
+
+@contextmanager
+def probe_session(source: PgEndpoint) -> Iterator[tuple[SourceIdentity, str]]:
+    """Hold a source session under a unique application_name; yield its identity and name.
+
+    :raises DatabaseUnreachable: the source does not answer
+    """
+    nonce = f"pg_backup probe {uuid.uuid4().hex}"
+    with source.connect(autocommit=True, application_name=nonce) as conn:
+        yield source_identity(conn), nonce
+
+
+def target_facts(server_conn: Any, database: str, probe: str | None) -> TargetFacts:
+    """What the server behind ``server_conn`` says about itself and about ``database``.
+
+    :param probe: the application_name of a live source session to look for (None: no probe)
+    """
+    port = int(server_conn.execute("SELECT current_setting('port')::int").fetchone()[0])
+    row = server_conn.execute(
+        "SELECT oid::bigint FROM pg_database WHERE datname = %s", (database,)
+    ).fetchone()
+    seen: bool | None = None
+    if probe is not None:
+        found, self_listed = server_conn.execute(_PROBE_SQL, (probe,)).fetchone()
+        seen = True if found else (False if self_listed else None)
+    return TargetFacts(
+        system_identifier=system_identifier(server_conn),
+        port=port,
+        database=database,
+        database_oid=int(row[0]) if row else None,
+        probe_seen=seen,
+    )
 
 
 def _norm_host(host: str) -> str:
@@ -134,7 +222,7 @@ def endpoint_from_connection(conn: Any, conn_id: str | None = None) -> PgEndpoin
             "connection"
         )
     extras = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
-    options = {k: str(v) for k, v in (extras or {}).items() if k in _LIBPQ_EXTRAS}
+    options = {k: str(v) for k, v in (extras or {}).items() if k in LIBPQ_EXTRAS}
     dbname = conn.schema or (extras or {}).get("dbname") or ""
     if not dbname:
         raise ConnectionConfigError(

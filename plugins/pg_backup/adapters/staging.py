@@ -8,6 +8,7 @@ against the size and sha256 its producer recorded, in the same pass that reads i
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
@@ -249,9 +250,24 @@ def verify_file(path: Path, expected: StagedFile, stage: str = "check") -> None:
     reader.check(path, expected)
 
 
+def no_space(path: Path) -> StagedFileError:
+    """The error for a full disk: names the file, the free space left and the fix."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e9:,.2f} GB free"
+    except OSError:
+        free = "free space unknown"
+    return StagedFileError(
+        f"no space left on device writing {path} ({free} there): free space on that "
+        "filesystem, or point staging_dir at a larger volume (preflight estimates the need)"
+    )
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[IO[bytes]]:
-    """Write ``path`` via ``path.part``: fsync and rename on success, remove on any failure."""
+    """Write ``path`` via ``path.part``: fsync and rename on success, remove on any failure.
+
+    :raises StagedFileError: the disk is full (naming the path), after removing the part
+    """
     part = path.with_name(path.name + ".part")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -262,6 +278,11 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
             os.fsync(handle.fileno())
         os.replace(part, path)
         fsync_dir(path.parent)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise no_space(path) from None
+        raise
     except BaseException:
         part.unlink(missing_ok=True)
         raise

@@ -79,8 +79,23 @@ class Storage(ABC):
         """Prove we may write below the prefix (writes one small fixed object)."""
 
     def locked_until(self, key: str) -> datetime | None:
-        """Object Lock retention date of a key (None: not locked, or no such feature)."""
+        """Object Lock retention date of a key (None: not locked, gone, or no such feature)."""
         return None
+
+    def holds(self, key: str, staged: StagedFile) -> bool:
+        """True when ``key`` holds exactly the bytes ``staged`` records (size and sha256).
+
+        The proof a rerun needs before it skips or replaces an object: a missing key or any
+        difference is False. This generic form reads the object once, hashing as it streams.
+        """
+        try:
+            return self._stream_sha256(key) == (staged.bytes, staged.sha256)
+        except StorageError:
+            return False
+
+    def _stream_sha256(self, key: str) -> tuple[int, str]:
+        """(bytes, sha256) of a stored object, read once without keeping it."""
+        raise NotImplementedError
 
     def abort_stale_uploads(self, prefix: str, older_than: datetime) -> builtins.list[str]:
         """Abort multipart uploads started before ``older_than``; return their keys."""
@@ -189,10 +204,34 @@ class FileStorage(Storage):
         """True if the file exists."""
         return self._path(key).is_file()
 
+    def holds(self, key: str, staged: StagedFile) -> bool:
+        """Size first (a stat), then the bytes written are hashed."""
+        path = self._path(key)
+        try:
+            if path.stat().st_size != staged.bytes:
+                return False
+        except FileNotFoundError:
+            return False
+        return super().holds(key, staged)
+
+    def _stream_sha256(self, key: str) -> tuple[int, str]:
+        sha, size = hashlib.sha256(), 0
+        try:
+            with self._path(key).open("rb") as src:
+                while chunk := src.read(staging.CHUNK):
+                    sha.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise StorageError(f"{self.describe(key)} does not exist") from None
+        return size, sha.hexdigest()
+
     def delete(self, key: str) -> None:
         """Remove a file and prune empty parent directories up to the root."""
         path = self._path(key)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # refused (permissions, an immutable file): say which and why
+            raise StorageError(f"delete {self.describe(key)}: {exc.strerror}") from None
         parent = path.parent
         root = self.root.resolve()
         while parent != root and parent.is_dir() and not any(parent.iterdir()):
@@ -431,14 +470,54 @@ class S3Storage(Storage):
                     item["Key"][len(strip) :], int(item["Size"]), item.get("LastModified")
                 )
 
-    def locked_until(self, key: str) -> datetime | None:
-        """The retain-until date S3 reports for the current version."""
-        head = self._call(
-            f"check {self.describe(key)}",
-            self.client.head_object,
+    def _head(self, key: str, **kwargs: Any) -> dict[str, Any] | None:
+        """HEAD a key; None when it does not exist (404), StorageError for anything else."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head: dict[str, Any] = self.client.head_object(
+                Bucket=self.bucket, Key=self._key(key), **kwargs
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            code = exc.response.get("Error", {}).get("Code", "?")
+            raise StorageError(f"check {self.describe(key)}: S3 error {code}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"check {self.describe(key)}: {exc}") from None
+        return head
+
+    def holds(self, key: str, staged: StagedFile) -> bool:
+        """Size and the store's own ChecksumSHA256 from a HEAD; the bytes only if it has none."""
+        head = self._head(key, ChecksumMode="ENABLED")
+        if head is None or int(head["ContentLength"]) != staged.bytes:
+            return False
+        stored = head.get("ChecksumSHA256")
+        chunk = self.cfg.multipart_chunksize
+        if stored and staged.bytes < chunk:  # one PUT: the plain sha256, base64
+            return bool(stored == base64.b64encode(bytes.fromhex(staged.sha256)).decode())
+        if stored and staged.composite_sha256 and staged.part_size == chunk:
+            return same_checksum(stored, staged.composite_sha256)
+        return super().holds(key, staged)
+
+    def _stream_sha256(self, key: str) -> tuple[int, str]:
+        response = self._call(
+            f"read {self.describe(key)}",
+            self.client.get_object,
             Bucket=self.bucket,
             Key=self._key(key),
         )
+        sha, size = hashlib.sha256(), 0
+        for chunk in response["Body"].iter_chunks(staging.CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+        return size, sha.hexdigest()
+
+    def locked_until(self, key: str) -> datetime | None:
+        """The retain-until date S3 reports for the current version (None: gone, or unlocked)."""
+        head = self._head(key)
+        if head is None:
+            return None
         until = head.get("ObjectLockRetainUntilDate")
         legal_hold = head.get("ObjectLockLegalHoldStatus") == "ON"
         if legal_hold:

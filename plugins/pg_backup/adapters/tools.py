@@ -95,10 +95,27 @@ def child(
 
 
 def stderr_of(proc: subprocess.Popen[bytes]) -> str:
-    """What a child from ``child`` wrote to stderr."""
+    """What a child from ``child`` wrote to stderr (with the path, when its disk was full).
+
+    pg_dump says "could not write to output file: No space left on device" without naming
+    the file; its ``--file=`` argument does.
+    """
     err = proc.stderr_file  # type: ignore[attr-defined]
     err.seek(0)
-    return err.read().decode("utf-8", "replace")
+    text = err.read().decode("utf-8", "replace")
+    if "No space left on device" in text:
+        argv = proc.args if isinstance(proc.args, list) else []
+        outputs = [str(a)[len("--file=") :] for a in argv if str(a).startswith("--file=")]
+        for output in outputs:
+            try:
+                free = f"{shutil.disk_usage(Path(output).parent).free / 1e9:,.2f} GB free"
+            except OSError:
+                free = "free space unknown"
+            text += (
+                f"\nerror: no space left on device writing {output} ({free} there): free space on "
+                "that filesystem, or point staging_dir at a larger volume"
+            )
+    return text
 
 
 def run(argv: Sequence[str], env: dict[str, str], hint: str = "") -> str:

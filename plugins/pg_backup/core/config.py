@@ -27,6 +27,7 @@ from pg_backup.core.errors import ConfigError
 from pg_backup.core.keys import check_recipient
 from pg_backup.core.names import Stage, dag_ids
 from pg_backup.core.params import KEEP_DAYS_MAX, KEEP_DAYS_MIN
+from pg_backup.core.redact import redact, secret_kind
 
 __all__ = ["Config", "ConfigError", "TargetConfig", "load_config", "parse_config"]
 
@@ -37,18 +38,29 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB|K|M|G|T)?\s*$", re.I)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+# Every duration of the file lies in (0, 10 years]: a timeout, budget, SLA or retry delay of
+# zero, below zero or of centuries is a typo, and Python's timedelta overflows further out.
+DURATION_MAX = timedelta(days=3650)
 
 
 def parse_duration(value: Any) -> timedelta:
-    """Turn ``90s``, ``30m``, ``2h`` or ``1d`` (or a number of seconds) into a timedelta."""
+    """Turn ``90s``, ``30m``, ``2h`` or ``1d`` (or a number of seconds) into a timedelta.
+
+    :raises ValueError: not a duration, or not in (0, 3650d]
+    """
     if isinstance(value, timedelta):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration: write it like 90s, 30m, 2h or 1d")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration: write it like 90s, 30m, 2h or 1d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    # "not <=" also refuses NaN, which compares false with everything.
+    if not 0 < seconds <= DURATION_MAX.total_seconds():
+        raise ValueError("must be more than 0 and at most 3650d: write it like 90s, 30m, 2h or 1d")
+    return timedelta(seconds=seconds)
 
 
 def parse_size(value: Any) -> int:
@@ -71,10 +83,28 @@ def check_cron(value: str) -> str:
     return value
 
 
+_WHERE_SECRETS_GO = (
+    "secrets belong in an Airflow connection (Admin > Connections, an AIRFLOW_CONN_<ID> "
+    "variable or a secrets backend); write that connection's id here"
+)
+
+
+def check_conn_id(value: Any) -> Any:
+    """A connection id, never a secret: refuse a URI, password or key without echoing it."""
+    kind = secret_kind(value) if isinstance(value, str) else None
+    if kind is None and isinstance(value, str) and "://" in value:
+        kind = "a URI"
+    if kind is not None:
+        raise ValueError(f"holds {kind} (not shown), not a connection id: {_WHERE_SECRETS_GO}")
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Cron = Annotated[str, AfterValidator(check_cron)]
 Size = Annotated[int, BeforeValidator(parse_size)]
-ConnId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=250)]
+ConnId = Annotated[
+    str, BeforeValidator(check_conn_id), Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=250)
+]
 
 
 class _Model(BaseModel):
@@ -102,6 +132,12 @@ class StorageConfig(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        authority = value.split("://", 1)[-1].split("/", 1)[0]
+        if "@" in authority or secret_kind(value):
+            raise ValueError(
+                "holds credentials (not shown): write the URL without them, and put the key "
+                "in the Airflow connection named by storage.aws_conn_id (its login and password)"
+            )
         if value.startswith("s3://"):
             bucket = value[5:].split("/", 1)[0]
             if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
@@ -140,8 +176,16 @@ class EncryptionConfig(_Model):
 
     recipients: list[str] = Field(min_length=1)
     identity_conn_id: ConnId = "pg_backup_age_identity"
+    # Public keys this deployment encrypted to before a rotation: its sets made for them are
+    # still its own (retention may expire them); sets for any other key are foreign.
+    retired_recipients: list[str] = Field(default_factory=list)
 
-    @field_validator("recipients")
+    @property
+    def own_keys(self) -> list[str]:
+        """Every public key this deployment's sets may be encrypted to (current and retired)."""
+        return [*self.recipients, *self.retired_recipients]
+
+    @field_validator("recipients", "retired_recipients")
     @classmethod
     def _recipients(cls, values: list[str]) -> list[str]:
         # Pure Python: pyrage is imported by the tasks that encrypt, never at parse time.
@@ -380,6 +424,8 @@ def _shown(value: Any) -> str:
     text = repr(value)
     if "AGE-SECRET-KEY-" in text.upper():
         return " (got a private key: not shown)"
+    if redact(text) != text:
+        return " (got a value that looks like a secret: not shown)"
     return f" (got {text if len(text) <= 80 else text[:70] + '...'})"
 
 
@@ -398,6 +444,8 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if message.startswith("["):  # a list item named by the validator, e.g. recipients[0]
         return f"{field}{message}"
+    if "(not shown)" in message:
+        return f"{field}: {message}"
     return f"{field}: {message}{_shown(error['input'])}"
 
 

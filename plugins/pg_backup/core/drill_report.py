@@ -13,6 +13,7 @@ from typing import Any
 
 from pg_backup.core.errors import DrillError
 from pg_backup.core.names import DRILL_PHASES, DrillTask
+from pg_backup.core.redact import first_line
 
 
 def choose_backups(
@@ -106,15 +107,40 @@ def format_report_table(backups: list[dict[str, Any]], rto: float) -> str:
     return "\n".join(lines)
 
 
+# The tasks that handle each chosen set, in order: a set's first recorded failure among them is
+# the cause its report line gives.
+_PER_SET_TASKS = (
+    DrillTask.FETCH,
+    DrillTask.DECRYPT,
+    DrillTask.DECOMPRESS,
+    DrillTask.CREATE_DRILL_DBS,
+    DrillTask.RESTORE,
+    DrillTask.VERIFY,
+)
+
+
+def _cause(phase: DrillTask, recorded: dict[str, str]) -> str:
+    """One line: why ``phase`` has no output for a set (the first failure recorded for it)."""
+    for task in _PER_SET_TASKS:
+        if task.value in recorded:
+            return f"{task.value} failed: {first_line(recorded[task.value], 1000)}"
+    return (
+        f"{phase} did not complete and recorded no cause (killed, or timed out before it could "
+        f"say): see the {phase} task's log"
+    )
+
+
 def collect(
     chosen: dict[str, Any] | None,
     stage_out: dict[DrillTask, dict[str, Any] | None],
     at: datetime,
+    causes: dict[str, dict[str, str]] | None = None,
 ) -> list[DrilledBackup]:
     """One DrilledBackup per chosen set from the phase XComs (a missing XCom = a failed phase).
 
     :param chosen: the choose task's XCom (``backups``, ``manifests``, ``seed``)
     :param stage_out: phase -> that task's XCom, ``{backup_id: {"seconds": ...}, ...}``
+    :param causes: backup id -> {task id: the one-line cause that task recorded on failure}
     """
     if not chosen:
         return []
@@ -131,7 +157,7 @@ def collect(
         for phase in DRILL_PHASES:
             result = (stage_out.get(phase) or {}).get(backup)
             if result is None:
-                item.error = f"{phase} did not complete: see the {phase} task's log"
+                item.error = _cause(phase, (causes or {}).get(backup, {}))
                 break
             item.phases[phase.value] = float(result["seconds"])
         verified = (stage_out.get(DrillTask.VERIFY) or {}).get(backup)
@@ -164,7 +190,7 @@ def build_report(
         "seed": seed,
         "rto_objective_seconds": rto,
         "outcome": "passed" if passed else "failed",
-        "error": chose_error,
+        "error": first_line(chose_error) if chose_error else None,
         "backups": backups,
     }
 
@@ -193,6 +219,9 @@ def report_mail(doc: dict[str, Any], link: str) -> tuple[str, str]:
     ]
     if doc.get("error"):
         problems.insert(0, doc["error"])
+    if problems:
+        subject += f": {first_line(problems[0], 120)}"
+    problems = [first_line(p, 1000) for p in problems]
     body = (
         f"<p>Restore drill of <b>{html.escape(doc['target'])}</b>: "
         f"<b>{'passed' if passed else 'FAILED'}</b>.</p>"

@@ -3,19 +3,30 @@
 The message of each says what is wrong and how to fix it. ``summary`` is that message on one
 line: what ``pg-backup`` prints (never a traceback) and what a mail subject can carry. Errors
 outside this tree are bugs, and are allowed to show their traceback.
+
+Every message is redacted (``core.redact``) when the error is made: whatever path it takes
+afterwards (a log, a traceback, the UI's import error, a mail, a report), no secret-looking
+value that reached a message travels with it.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from pg_backup.core.redact import redact
 
 
 class PgBackupError(Exception):
     """Base of every error an operator can meet: a bad input, a refused action, a failed proof."""
 
+    def __init__(self, *args: Any):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
+
     @property
     def summary(self) -> str:
         """The message on one line (lines joined with ``; ``)."""
         lines = [line.strip() for line in str(self).splitlines() if line.strip()]
-        return "; ".join(lines) if lines else type(self).__name__
+        return redact("; ".join(lines)) if lines else type(self).__name__
 
 
 class ConfigError(PgBackupError, ValueError):
@@ -56,9 +67,9 @@ class ToolFailed(PgBackupError):
     def __init__(self, tool: str, returncode: int, stderr: str, hint: str = ""):
         self.tool = tool
         self.returncode = returncode
-        self.stderr = stderr
+        self.stderr = redact(stderr)
         self.hint = hint
-        tail = "\n".join(stderr.strip().splitlines()[-40:]) or "(no output on stderr)"
+        tail = "\n".join(self.stderr.strip().splitlines()[-40:]) or "(no output on stderr)"
         super().__init__(f"{tool} {describe_exit(returncode)}{hint}:\n{tail}")
 
     @property
@@ -67,7 +78,7 @@ class ToolFailed(PgBackupError):
         lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
         errors = [line for line in lines if "error" in line.lower()] or lines
         last = errors[-1] if errors else "(no output on stderr)"
-        return f"{self.tool} {describe_exit(self.returncode)}{self.hint}: {last}"
+        return redact(f"{self.tool} {describe_exit(self.returncode)}{self.hint}: {last}")
 
 
 def describe_exit(returncode: int) -> str:
@@ -117,6 +128,10 @@ class DrillError(PgBackupError):
 
 class SweepRefused(PgBackupError):
     """The sweep will not delete anything: the listing or the plan looks wrong."""
+
+
+class SweepIncomplete(PgBackupError):
+    """The sweep went through every set and stored its report, but some deletes were refused."""
 
 
 class StaleBackup(PgBackupError):

@@ -46,6 +46,20 @@ class Emergency(_Doc):
     triggered_by: str | None = None
 
 
+class SourceIdentity(_Doc):
+    """Which database on which server the set was taken from, as that server reported it.
+
+    ``system_identifier`` comes from ``pg_control_system()`` (None where the login may not call
+    it), ``port`` from the server's own ``port`` setting, ``database_oid`` from ``pg_database``.
+    "Is this the source?" is decided with these, never with a host name's spelling.
+    """
+
+    system_identifier: str | None = None
+    port: int = Field(ge=1, le=65535)
+    database: str
+    database_oid: int = Field(ge=0)
+
+
 class Manifest(_Doc):
     """Written last: a set without its manifest is incomplete."""
 
@@ -74,6 +88,8 @@ class Manifest(_Doc):
     # settings. Both absent in sets written before they were recorded.
     database: DatabaseLocale | None = None
     globals: ObjectEntry | None = None
+    # Added after pg_backup/1 was first written: sets from before hold no source identity.
+    source: SourceIdentity | None = None
 
 
 class Skipped(_Doc):

@@ -13,6 +13,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field
 
 from pg_backup.core.dbprops import DatabaseLocale
+from pg_backup.core.manifest import SourceIdentity
 from pg_backup.core.names import DumpFormat
 
 
@@ -56,6 +57,8 @@ class PreflightResult(Record):
     pg_dump_version: str
     estimated_bytes: int
     staging_free_bytes: int
+    # Recorded in the manifest, so a restore can tell the source apart with the source down.
+    source: SourceIdentity | None = None
 
 
 class DumpResult(Record):

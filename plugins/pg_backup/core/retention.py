@@ -19,6 +19,7 @@ from pg_backup.core.names import KINDS, STATUSES, Kind, Status
 RULE_NEWER_THAN_RUN = "newer than run"
 RULE_NEWEST_VERIFIED = "newest verified"
 RULE_MIN_VERIFIED = "min verified"
+RULE_HELD = "held for a human"
 
 # (bucket sort key, bucket label) for one local timestamp.
 _BucketFn = Callable[[datetime], tuple[tuple[int, ...], str]]
@@ -43,6 +44,9 @@ class BackupSet:
     kind: Kind = "scheduled"
     status: Status = "verified"
     keep_days: int | None = None
+    # Why a human must look at this set first (damage found in storage); a held set is kept
+    # and counts as no verified set.
+    hold: str | None = None
 
     def __post_init__(self) -> None:
         """Reject values the planner cannot reason about safely."""
@@ -166,6 +170,14 @@ class Plan:
         return tuple(d.backup for d in self.decisions if not d.keep)
 
 
+def _younger_than(age: timedelta, days: int) -> bool:
+    """``age < days`` for any whole number of days (a manifest may hold any number).
+
+    ``timedelta(days=days)`` overflows past 999,999,999 days; comparing seconds does not.
+    """
+    return age.total_seconds() < days * 86400
+
+
 def _newest_first(sets: Iterable[BackupSet]) -> list[BackupSet]:
     """Sort by taken_at descending, then backup_id ascending."""
     # Two stable sorts: the id order survives among equal timestamps, which
@@ -260,7 +272,11 @@ def plan_retention(
         else:
             past.append(backup)
 
-    pool = [s for s in past if s.kind == "scheduled" and s.status == "verified"]
+    for backup in ordered:
+        if backup.hold:
+            rules[backup.backup_id].append(f"{RULE_HELD}: {backup.hold}")
+    sound = [s for s in ordered if not s.hold]
+    pool = [s for s in past if s.kind == "scheduled" and s.status == "verified" and not s.hold]
     zone = policy.zone
     for name, count, bucket in (
         ("daily", policy.daily, _day_bucket),
@@ -270,7 +286,6 @@ def plan_retention(
         for backup, label in _gfs_picks(pool, count, bucket, zone):
             rules[backup.backup_id].append(f"{name} {label}")
 
-    grace = timedelta(days=policy.grace_days)
     for backup in past:
         age = as_of - backup.taken_at
         # An emergency set taken with verify=false is complete but unverified on purpose: the
@@ -278,15 +293,15 @@ def plan_retention(
         deliberate = backup.kind == "emergency" and backup.status == "unverified"
         if backup.status != "verified" and not deliberate:
             # A broken set is useless for restore; keep it briefly for debugging.
-            if age < grace:
+            if _younger_than(age, policy.grace_days):
                 rules[backup.backup_id].append(f"grace {policy.grace_days}d")
         elif backup.kind == "emergency":
             days = policy.emergency_keep_days if backup.keep_days is None else backup.keep_days
-            if age < timedelta(days=days):
+            if _younger_than(age, days):
                 rules[backup.backup_id].append(f"emergency keep {days}d")
 
-    verified = [s for s in ordered if s.status == "verified"]
-    newest = next((s for s in past if s.status == "verified"), None)
+    verified = [s for s in sound if s.status == "verified"]
+    newest = next((s for s in past if s.status == "verified" and not s.hold), None)
     if newest is not None:
         rules[newest.backup_id].append(RULE_NEWEST_VERIFIED)
 

@@ -50,7 +50,8 @@ TASK_DOCS = {
     Stage.COMPRESS: "zstd over all cores; checks the dump's sha256 while reading it.",
     Stage.ENCRYPT: "age to the configured public keys; checks the input's sha256 while reading.",
     Stage.UPLOAD: "Data object, tables.json.age, then manifest.json; each proven by size and "
-    "checksum.",
+    "checksum. A rerun keeps what storage already holds as staged (a no-op for a complete set) "
+    "and withdraws nothing unless every staged file it needs is there and matches.",
     BackupTask.CREATE_SCRATCH_DB: "Setup: an empty pgb_verify_<backup id> database on the "
     "scratch server.",
     Stage.RESTORE: "pg_restore -j into the scratch database; any error fails with its messages.",
@@ -162,8 +163,10 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             ).to_xcom()
 
         @stage(Stage.UPLOAD)
-        def upload(dumped: dict[str, Any], encrypted: dict[str, Any], **context: Any) -> dict:
-            from pg_backup.core.records import DumpResult, EncryptResult
+        def upload(
+            dumped: dict[str, Any], encrypted: dict[str, Any], checked: dict[str, Any], **context
+        ) -> dict[str, Any]:
+            from pg_backup.core.records import DumpResult, EncryptResult, PreflightResult
             from pg_backup.stages.upload import upload_set
 
             marker = None
@@ -175,6 +178,7 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
                 DumpResult.from_xcom(dumped),
                 EncryptResult.from_xcom(encrypted),
                 emergency=marker,
+                source=PreflightResult.from_xcom(checked).source,
             ).to_xcom()
 
         @side_task(BackupTask.CREATE_SCRATCH_DB)
@@ -232,7 +236,7 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
         dumped = dump()
         compressed = compress(dumped)
         encrypted = encrypt(compressed, dumped)
-        uploaded = upload(dumped, encrypted)
+        uploaded = upload(dumped, encrypted, checked)
         scratch = create_scratch_db(dumped)
         restored = restore(dumped, scratch)
         verified = verify(dumped, restored, uploaded)

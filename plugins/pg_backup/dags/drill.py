@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
+from pg_backup.core import params
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.layout import run_time
 from pg_backup.core.names import DRILL_PHASES, DrillTask, drill_dag_id
@@ -30,7 +31,8 @@ Never touches the source database.
 """
 
 TASK_DOCS = {
-    DrillTask.CHOOSE: "Newest verified set + one random older complete set (seed recorded).",
+    DrillTask.CHOOSE: "Newest verified set + one random older complete set of this deployment "
+    "(seed recorded). When nothing can be chosen it says why, and the report fails with it.",
     DrillTask.FETCH: "Downloads data and table list; sha256 checked against the manifest.",
     DrillTask.DECRYPT: "age -d with the private key(s) from the identity connection.",
     DrillTask.DECOMPRESS: "zstd -d to a seekable dump; its sha256 checked against the one "
@@ -41,8 +43,8 @@ TASK_DOCS = {
     "settings; on a standby, the missing roles first and owners and grants too.",
     DrillTask.VERIFY: "Rows, content and objects against tables.json, the configured invariant "
     "checks, and the database as it was (locale, settings; on a standby roles, owners, grants).",
-    DrillTask.REPORT: "Per-phase times, RTO against the objective, RPO achieved; stored and "
-    "mailed.",
+    DrillTask.REPORT: "Per-phase times, RTO against the objective, RPO achieved, and the cause of "
+    "any failure in one line; stored and mailed, whatever happened before.",
     DrillTask.DROP_DRILL_DBS: "Teardown: drops the drill databases whatever happened.",
     DrillTask.CLEANUP: "Teardown: removes the drill's downloaded files.",
 }
@@ -80,6 +82,7 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
             "backup_id": Param(
                 None,
                 type=["null", "string"],
+                maxLength=params.BACKUP_ID_MAX,
                 title="Backup id",
                 description="Drill exactly this set (empty: newest + one random older).",
             ),
@@ -87,7 +90,7 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
                 None,
                 type=["null", "integer"],
                 minimum=0,
-                maximum=2**32 - 1,
+                maximum=params.SEED_MAX,
                 title="Seed",
                 description="Repeat an earlier drill's random pick (from its report).",
             ),
@@ -128,10 +131,10 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
             return drill.decompress_chosen(runtime(), chosen, decrypted, context["dag_run"].run_id)
 
         @step(DrillTask.CREATE_DRILL_DBS)
-        def create_drill_dbs(chosen: dict[str, Any]) -> list[str]:
+        def create_drill_dbs(chosen: dict[str, Any], **context: Any) -> list[str]:
             from pg_backup.stages import drill
 
-            return drill.create_drill_dbs(runtime(), chosen)
+            return drill.create_drill_dbs(runtime(), chosen, context["dag_run"].run_id)
 
         @step(DrillTask.RESTORE)
         def restore(

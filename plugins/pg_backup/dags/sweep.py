@@ -6,6 +6,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
+from pg_backup.core import params
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.layout import run_time
 from pg_backup.core.names import SweepTask, sweep_dag_id
@@ -28,11 +29,13 @@ TASK_DOCS = {
     SweepTask.INVENTORY: "Lists every set under the target and classifies it (verified, "
     "failed, unverified, incomplete; scheduled or emergency).",
     SweepTask.PLAN: "Pure retention plan, logged as a table; refuses (fails) when a rail is hit.",
-    SweepTask.DELETE: "Deletes planned sets (data first, manifest last); Object-Locked sets are "
-    "kept and reported. Does nothing on dry_run.",
+    SweepTask.DELETE: "Lists again, then deletes the planned sets one by one (known objects "
+    "only, data first, manifest last); Object-Locked, foreign and damaged sets are kept and "
+    "reported; a refused delete is reported and the next set is tried. Nothing on dry_run.",
     SweepTask.HOUSEKEEPING: "Aborts multipart uploads older than a day; removes staging leftovers.",
     SweepTask.CHECK_FRESHNESS: "Fails, and mails once, when the newest verified backup is too old.",
-    SweepTask.REPORT: "Stores the plan and what was done as JSON beside the drill reports.",
+    SweepTask.REPORT: "Stores the plan, what was done and what was left alone (foreign sets and "
+    "objects, held sets) as JSON beside the drill reports; then fails if a delete was refused.",
 }
 
 
@@ -106,26 +109,22 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
                 runtime(),
                 Inventory.from_xcom(found),
                 run_time(context),
-                force=bool(context["params"]["force"]),
+                force=params.flag(context["params"], "force"),
             )
 
         @step(SweepTask.DELETE)
-        def delete(found: dict[str, Any], planned: dict[str, Any], **context: Any) -> dict:
-            from pg_backup.adapters.catalog import Inventory
+        def delete(planned: dict[str, Any], **context: Any) -> dict[str, Any]:
             from pg_backup.stages.sweep import delete as delete_planned
 
             return delete_planned(
-                runtime(),
-                Inventory.from_xcom(found),
-                planned,
-                dry_run=bool(context["params"]["dry_run"]),
+                runtime(), planned, dry_run=params.flag(context["params"], "dry_run")
             ).to_xcom()
 
         @step(SweepTask.HOUSEKEEPING)
         def housekeeping(**context: Any) -> dict[str, Any]:
             from pg_backup.stages.sweep import housekeeping as tidy
 
-            return tidy(runtime(), dry_run=bool(context["params"]["dry_run"]))
+            return tidy(runtime(), dry_run=params.flag(context["params"], "dry_run"))
 
         @step(SweepTask.CHECK_FRESHNESS, on_failure_callback=freshness_callback(cfg))
         def check_freshness(found: dict[str, Any], **context: Any) -> str:
@@ -145,7 +144,7 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
 
         found = inventory()
         planned = plan(found)
-        deleted = delete(found, planned)
+        deleted = delete(planned)
         kept = housekeeping()
         check_freshness(found)
         report(planned, deleted, kept)

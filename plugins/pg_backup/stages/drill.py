@@ -3,6 +3,11 @@
 Each step handles every chosen backup in turn (the newest verified one and a random older one),
 so a drill is one run, one report and one mail. The steps themselves are the restore-from-storage
 flow of ``stages.retrieve``. Nothing here touches the source database.
+
+A report always exists, and says why a drill failed in one line: ``choose`` hands on what it
+could not choose (and why) instead of failing, and a step that fails for a set writes the
+cause into that set's download directory (``<task>.error``) before the task fails; the report
+reads it from there.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +25,7 @@ from typing import Any
 from pg_backup.adapters import catalog_index, staging
 from pg_backup.adapters.catalog import complete_sets, inventory
 from pg_backup.adapters.notify import run_url, send_mail
-from pg_backup.core import layout
+from pg_backup.core import layout, params
 from pg_backup.core.drill_report import (
     build_report,
     choose_backups,
@@ -27,10 +33,11 @@ from pg_backup.core.drill_report import (
     format_report_table,
     report_mail,
 )
-from pg_backup.core.errors import DrillError
+from pg_backup.core.errors import DrillError, PgBackupError, StorageError
 from pg_backup.core.manifest import Manifest
 from pg_backup.core.names import DrillTask
 from pg_backup.core.records import Record, records_to_xcom
+from pg_backup.core.redact import first_line
 from pg_backup.stages import retrieve
 from pg_backup.stages.runtime import Runtime
 
@@ -47,28 +54,84 @@ def _manifests(chosen: dict[str, Any]) -> dict[str, Manifest]:
 
 
 def choose(rt: Runtime, run_id: str, seed: int | None, backup_id: str | None) -> dict[str, Any]:
-    """Pick the sets to drill; the seed defaults to one derived from the run id (recorded)."""
-    found = inventory(rt.storage, rt.cfg.name)
-    seed = int(seed) if seed is not None else zlib.crc32(run_id.encode())
-    picks = choose_backups(complete_sets(found), seed, backup_id or None)
-    return {
-        "seed": seed,
-        "backups": picks,
-        "manifests": {
+    """Pick the sets to drill; the seed defaults to one derived from the run id (recorded).
+
+    Never fails for want of a set: what could not be chosen, and why, goes into ``error`` so
+    that the report still exists and says so.
+    """
+    picked = seed if seed is not None else zlib.crc32(run_id.encode())
+    try:
+        seed, backup_id = params.drill_choice({"seed": seed, "backup_id": backup_id})
+        picked = seed if seed is not None else picked
+        found = inventory(rt.storage, rt.cfg.name, rt.cfg.encryption.own_keys)
+        picks = choose_backups(complete_sets(found), picked, backup_id or None)
+        manifests = {
             b: retrieve.load_manifest(rt.storage, rt.cfg.name, b).model_dump(mode="json")
             for b in picks
-        },
-    }
+        }
+    except (PgBackupError, OSError) as exc:
+        cause = exc.summary if isinstance(exc, PgBackupError) else f"{type(exc).__name__}: {exc}"
+        log.error("drill: nothing to drill: %s", cause)
+        return {"seed": picked, "backups": [], "manifests": {}, "error": first_line(cause)}
+    return {"seed": picked, "backups": picks, "manifests": manifests}
 
 
-def _each(chosen: dict[str, Any], step: Callable[[str, Manifest], Record]) -> dict[str, Any]:
+def _cause_file(rt: Runtime, run_id: str, backup: str, task: DrillTask) -> Path:
+    return workdir(rt, run_id, backup) / f"{task.value}.error"
+
+
+@contextmanager
+def recording(rt: Runtime, run_id: str, backup: str, task: DrillTask) -> Iterator[None]:
+    """Write why ``task`` failed for ``backup`` (one line) where the report will read it."""
+    path = _cause_file(rt, run_id, backup, task)
+    path.unlink(missing_ok=True)  # a retry that succeeds leaves no stale cause behind
+    try:
+        yield
+    except BaseException as exc:
+        cause = exc.summary if isinstance(exc, PgBackupError) else f"{type(exc).__name__}: {exc}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(first_line(cause, 1000) + "\n")
+        except OSError:
+            log.warning("drill: cannot record the cause at %s", path)
+        raise
+
+
+def recorded_causes(rt: Runtime, run_id: str, chosen: dict[str, Any] | None) -> dict[str, Any]:
+    """Backup id -> {task id: cause} from the ``<task>.error`` files of this drill run."""
+    out: dict[str, dict[str, str]] = {}
+    for backup in (chosen or {}).get("backups", []):
+        for task in DrillTask:
+            path = _cause_file(rt, run_id, backup, task)
+            if path.is_file():
+                out.setdefault(backup, {})[task.value] = path.read_text().strip()
+    return out
+
+
+def _each(
+    rt: Runtime,
+    run_id: str,
+    task: DrillTask,
+    chosen: dict[str, Any],
+    step: Callable[[str, Manifest], Record],
+) -> dict[str, Any]:
     """Run one step for every chosen set: ``{backup_id: record}`` as an XCom."""
-    return records_to_xcom({b: step(b, m) for b, m in _manifests(chosen).items()})
+    out = {}
+    for backup, manifest in _manifests(chosen).items():
+        with recording(rt, run_id, backup, task):
+            out[backup] = step(backup, manifest)
+    return records_to_xcom(out)
 
 
 def fetch_chosen(rt: Runtime, chosen: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Download each chosen set, checked against its manifest."""
-    return _each(chosen, lambda b, m: retrieve.fetch(rt.storage, m, workdir(rt, run_id, b)))
+    return _each(
+        rt,
+        run_id,
+        DrillTask.FETCH,
+        chosen,
+        lambda b, m: retrieve.fetch(rt.storage, m, workdir(rt, run_id, b)),
+    )
 
 
 def decrypt_chosen(
@@ -76,6 +139,9 @@ def decrypt_chosen(
 ) -> dict[str, Any]:
     """Decrypt each chosen set with the identity connection's private key(s)."""
     return _each(
+        rt,
+        run_id,
+        DrillTask.DECRYPT,
         chosen,
         lambda b, m: retrieve.decrypt(
             workdir(rt, run_id, b), retrieve.Fetched.from_xcom(fetched[b]), rt.identities, m
@@ -88,6 +154,9 @@ def decompress_chosen(
 ) -> dict[str, Any]:
     """Decompress each chosen set and prove it is the dump that was staged."""
     return _each(
+        rt,
+        run_id,
+        DrillTask.DECOMPRESS,
         chosen,
         lambda b, m: retrieve.decompress(
             workdir(rt, run_id, b), retrieve.Decrypted.from_xcom(decrypted[b]), m
@@ -95,15 +164,18 @@ def decompress_chosen(
     )
 
 
-def create_drill_dbs(rt: Runtime, chosen: dict[str, Any]) -> list[str]:
+def create_drill_dbs(rt: Runtime, chosen: dict[str, Any], run_id: str) -> list[str]:
     """Set-up task: an empty ``pgb_drill_<backup id>`` per chosen set, in its source's locale.
 
     On the standby server when ``drill.standby_conn_id`` is set, else on the scratch server.
     """
     names = []
     for backup, manifest in _manifests(chosen).items():
-        names.append(layout.drill_db_name(backup))
-        rt.drill_databases.create(names[-1], retrieve.database_locale(manifest))
+        with recording(rt, run_id, backup, DrillTask.CREATE_DRILL_DBS):
+            name = layout.drill_db_name(backup)
+            rt.drill_databases.guard(name, manifest.source)
+            rt.drill_databases.create(name, retrieve.database_locale(manifest))
+            names.append(name)
     return names
 
 
@@ -124,25 +196,29 @@ def restore_chosen(
     out = {}
     for backup, manifest in _manifests(chosen).items():
         name, work = layout.drill_db_name(backup), workdir(rt, run_id, backup)
-        if attempt > 1:
-            rt.drill_databases.create(name, retrieve.database_locale(manifest))
-        doc = retrieve.database_globals(
-            work, retrieve.Decrypted.from_xcom(decrypted[backup]), manifest
-        )
-        owners = standby and doc is not None
-        made = retrieve.make_roles(rt.drill_server, doc) if owners and doc else None
-        out[backup] = retrieve.restore(
-            rt.drill_databases.endpoint(name),
-            work,
-            retrieve.Opened.from_xcom(opened[backup]),
-            rt.cfg,
-            rt.cfg.restore.jobs,
-            owners=owners,
-        )
-        if doc is not None:
-            done = rt.drill_databases.configure(name, doc, owners, made.created if made else None)
-            for failed in done.failed:
-                log.warning("drill: %s: not applied: %s", backup, failed)
+        with recording(rt, run_id, backup, DrillTask.RESTORE):
+            target = rt.drill_databases.endpoint(name, manifest.source)
+            if attempt > 1:
+                rt.drill_databases.create(name, retrieve.database_locale(manifest))
+            doc = retrieve.database_globals(
+                work, retrieve.Decrypted.from_xcom(decrypted[backup]), manifest
+            )
+            owners = standby and doc is not None
+            made = retrieve.make_roles(rt.drill_server, doc) if owners and doc else None
+            out[backup] = retrieve.restore(
+                target,
+                work,
+                retrieve.Opened.from_xcom(opened[backup]),
+                rt.cfg,
+                rt.cfg.restore.jobs,
+                owners=owners,
+            )
+            if doc is not None:
+                done = rt.drill_databases.configure(
+                    name, doc, owners, made.created if made else None
+                )
+                for failed in done.failed:
+                    log.warning("drill: %s: not applied: %s", backup, failed)
     return records_to_xcom(out)
 
 
@@ -156,19 +232,20 @@ def verify_chosen(
     """
     out = {}
     for backup, manifest in _manifests(chosen).items():
-        work = workdir(rt, run_id, backup)
-        clear = retrieve.Decrypted.from_xcom(decrypted[backup])
-        target = rt.drill_databases.endpoint(layout.drill_db_name(backup))
-        doc = retrieve.table_document(work, clear)
-        proven = retrieve.prove(target, doc, rt.cfg, list(rt.cfg.drill.checks))
-        globals_doc = retrieve.database_globals(work, clear, manifest)
-        if globals_doc is not None:
-            owners = rt.cfg.drill.standby_conn_id is not None
-            check = retrieve.as_it_was_check(
-                retrieve.as_it_was(target, globals_doc, rt.cfg), owners
-            )
-            proven = proven.model_copy(update={"checks": [*proven.checks, asdict(check)]})
-        out[backup] = proven
+        with recording(rt, run_id, backup, DrillTask.VERIFY):
+            work = workdir(rt, run_id, backup)
+            clear = retrieve.Decrypted.from_xcom(decrypted[backup])
+            target = rt.drill_databases.endpoint(layout.drill_db_name(backup), manifest.source)
+            doc = retrieve.table_document(work, clear)
+            proven = retrieve.prove(target, doc, rt.cfg, list(rt.cfg.drill.checks))
+            globals_doc = retrieve.database_globals(work, clear, manifest)
+            if globals_doc is not None:
+                owners = rt.cfg.drill.standby_conn_id is not None
+                check = retrieve.as_it_was_check(
+                    retrieve.as_it_was(target, globals_doc, rt.cfg), owners
+                )
+                proven = proven.model_copy(update={"checks": [*proven.checks, asdict(check)]})
+            out[backup] = proven
     return records_to_xcom(out)
 
 
@@ -182,30 +259,47 @@ def report(
 ) -> dict[str, Any]:
     """Build, store (once per run) and mail the drill report; fail if the drill failed.
 
+    The report says why in one line per set (the cause a failed step recorded), or why nothing
+    was drilled. It is mailed even when it cannot be stored (storage down), and says so.
+
     :param phases: each drill phase's XCom (None where the phase did not complete)
     :raises DrillError: the drill did not pass (the report is stored and mailed first)
     """
     cfg = rt.cfg
     rto = cfg.drill.rto.total_seconds()
+    if chosen is None:
+        why: str | None = "choose did not complete and recorded no cause: see its log"
+    else:
+        why = chosen.get("error")
     doc = build_report(
         cfg.name,
         run_id,
         at,
         chosen["seed"] if chosen else None,
         rto,
-        collect(chosen, phases, at),
-        None if chosen else "choose did not complete: see the choose task's log",
+        collect(chosen, phases, at, recorded_causes(rt, run_id, chosen)),
+        why,
     )
     log.info("drill report:\n%s", format_report_table(doc["backups"], rto))
     store = rt.storage
     key = layout.drill_report_key(cfg.name, at, run_id)
-    first = not store.exists(key)  # a retried report task must not mail twice
-    store.put_bytes(key, json.dumps(doc, indent=2).encode())
-    catalog_index.record_drill(store, cfg.name, doc)
+    where = store.describe(key)
+    try:
+        first = not store.exists(key)  # a retried report task must not mail twice
+        store.put_bytes(key, json.dumps(doc, indent=2).encode())
+    except StorageError as exc:
+        first, where = True, f"nowhere: storing it failed ({exc.summary})"
+        doc["stored"] = where
+        log.error("drill: the report could not be stored: %s", exc.summary)
+    else:
+        catalog_index.record_drill(store, cfg.name, doc)
     if first:
         send_mail(cfg, *report_mail(doc, run_url(cfg.alerts.base_url, dag_id, run_id)))
     if doc["outcome"] != "passed":
-        raise DrillError(f"restore drill failed; report at {store.describe(key)}")
+        causes = [doc["error"]] if doc["error"] else []
+        causes += [f"{b['backup_id']}: {b['error']}" for b in doc["backups"] if b["error"]]
+        summary = f": {causes[0]}" if causes else ""
+        raise DrillError(f"restore drill failed{summary}; report at {where}")
     return {"key": key, "outcome": doc["outcome"]}
 
 

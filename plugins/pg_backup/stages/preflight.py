@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from pg_backup.adapters import tools
-from pg_backup.adapters.pgconn import PgEndpoint
+from pg_backup.adapters.databases import Databases
+from pg_backup.adapters.pgconn import PgEndpoint, source_identity
 from pg_backup.core import layout
 from pg_backup.core.counts import LOCK_BUDGET_SQL, lock_budget_problem
 from pg_backup.core.dbprops import DatabaseLocale
 from pg_backup.core.errors import PreflightError
 from pg_backup.core.fingerprint import session_options
+from pg_backup.core.manifest import SourceIdentity
 from pg_backup.core.records import PreflightResult
 from pg_backup.stages.runtime import Runtime
 
@@ -33,6 +35,26 @@ SELECT coalesce(sum(pg_table_size(c.oid)), 0)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'information_schema'
   AND n.nspname NOT LIKE 'pg\\_%%'
+"""
+
+# On-disk sizes understate a dump of compressible data many times over: PostgreSQL compresses
+# long values (TOAST), pg_dump writes them out in full. So each table's rows are measured as
+# pg_dump writes them: octet_length() of text and bytea reads the uncompressed length from
+# the value's header without decompressing it; other types are measured in their text form.
+# Tables above SAMPLE_PAGES heap pages are measured on a page sample and scaled up.
+SAMPLE_PAGES = 1024
+_TABLES_SQL = """
+SELECT n.nspname, c.relname,
+       pg_relation_size(c.oid) / current_setting('block_size')::int AS pages,
+       array_agg(a.attname ORDER BY a.attnum),
+       array_agg(CASE WHEN t.typname = 'bytea' THEN 'b' WHEN t.typcategory = 'S' THEN 's'
+                      ELSE 'o' END ORDER BY a.attnum)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%'
+GROUP BY n.nspname, c.relname, c.oid
 """
 
 
@@ -51,14 +73,72 @@ def check_pg_dump(pg_dump_major: int, server_major: int) -> None:
         )
 
 
-def check_not_source(scratch: PgEndpoint, source: PgEndpoint) -> None:
-    """The scratch connection must not point at the source database."""
-    if scratch.same_database_as(source):
+def check_not_source(scratch: PgEndpoint, source: PgEndpoint) -> str:
+    """The scratch connection's database must be proven not to be the source database.
+
+    Decided by the servers' identity (``Databases.verdict``), never by host spelling.
+    :return: how it was proven
+    :raises PreflightError: it is the source, or that cannot be ruled out
+    """
+    found = Databases(scratch, source).verdict(scratch.dbname)
+    if found.is_source is False:
+        if "source's server" in found.why:
+            log.warning(
+                "preflight: scratch_conn_id %r is on the source's server: verification "
+                "restores will load it; a scratch server of its own is safer",
+                scratch.conn_id,
+            )
+        return found.why
+    fix = (
+        "point it at a scratch server, or at least another database (for example 'postgres') "
+        "where pgb_verify_* databases may be created and dropped"
+    )
+    if found.is_source:
         raise PreflightError(
             f"scratch_conn_id {scratch.conn_id!r} points at the source database "
-            f"{source.describe()}: point it at a scratch server, or at least another database "
-            "(for example 'postgres') where pgb_verify_* databases may be created and dropped"
+            f"{source.describe()} ({found.why}): {fix}"
         )
+    raise PreflightError(
+        f"scratch_conn_id {scratch.conn_id!r}: cannot prove {scratch.describe()} is not the "
+        f"source database ({found.why}): let both logins read pg_control_system() "
+        "(GRANT EXECUTE ON FUNCTION pg_control_system() TO <login>), or " + fix
+    )
+
+
+def estimate_dump_bytes(conn: Any) -> int:
+    """About how many bytes pg_dump will write for the tables of the connected database.
+
+    Uncompressed lengths (see ``_TABLES_SQL``), every table measured or sampled. A table the
+    login cannot read is left out here (pg_dump will name it).
+    """
+    from psycopg import sql
+
+    total = 0
+    for schema, table, pages, columns, kinds in conn.execute(_TABLES_SQL).fetchall():
+        widths = [
+            sql.SQL("2 * coalesce(octet_length({}), 0)").format(sql.Identifier(col))
+            if kind == "b"
+            else sql.SQL("coalesce(octet_length({}::text), 0)").format(sql.Identifier(col))
+            for col, kind in zip(columns, kinds, strict=True)
+        ]
+        rows = sql.SQL(" + ").join(widths)
+        relation = sql.Identifier(schema, table)
+        scale = 1.0
+        if pages > SAMPLE_PAGES:
+            percent = 100.0 * SAMPLE_PAGES / pages
+            scale = 100.0 / percent
+            query = sql.SQL(
+                "SELECT coalesce(sum({}), 0) FROM {} TABLESAMPLE SYSTEM ({}) REPEATABLE (0)"
+            ).format(rows, relation, sql.Literal(percent))
+        else:
+            query = sql.SQL("SELECT coalesce(sum({}), 0) FROM {}").format(rows, relation)
+        try:
+            measured = conn.execute(query).fetchone()[0]
+        except Exception as exc:  # noqa: BLE001 - an unreadable table must not stop preflight
+            log.warning("preflight: cannot measure %s.%s: %s", schema, table, exc)
+            continue
+        total += int(float(measured) * scale)
+    return total
 
 
 def check_free_space(staging_dir: str, estimated: int, headroom: float) -> int:
@@ -133,6 +213,7 @@ class Preflight:
         self.pg_dump_version = ""
         self.staging_free = 0
         self.locale: DatabaseLocale | None = None
+        self.source_identity: SourceIdentity | None = None
 
     def checks(self) -> list[tuple[str, Callable[[], str]]]:
         """(label, check) in the order they run; a check raises PgBackupError when it fails."""
@@ -177,7 +258,7 @@ class Preflight:
                 " current_setting('server_version_num')::int / 10000",
             )
             try:
-                self.estimated = int(_one(conn, _SIZE_SQL)[0])
+                on_disk = int(_one(conn, _SIZE_SQL)[0])
             except errors.LockNotAvailable:
                 raise PreflightError(
                     f"a table of {self.rt.source.describe()} stayed locked exclusively longer "
@@ -185,11 +266,13 @@ class Preflight:
                     "its size was read (a migration, TRUNCATE, VACUUM FULL): pg_dump would "
                     "wait the same way. Run the backup after it, or raise dump.lock_wait_timeout"
                 ) from None
+            self.estimated = max(on_disk, estimate_dump_bytes(conn))
+            self.source_identity = source_identity(conn)
             self.locale = DatabaseLocale.from_catalog(*_one(conn, _LOCALE_SQL))
         self.server_version, self.server_major = str(version), int(major)
         return (
             f"{self.rt.source.describe()} PostgreSQL {version}, data about "
-            f"{self.estimated / 1e6:,.0f} MB"
+            f"{self.estimated / 1e6:,.0f} MB uncompressed ({on_disk / 1e6:,.0f} MB on disk)"
         )
 
     def row_security(self) -> str:
@@ -272,7 +355,7 @@ class Preflight:
     def scratch(self) -> str:
         """The scratch server is not the source and its login may create databases."""
         scratch = self.rt.scratch
-        check_not_source(scratch, self.rt.source)
+        proof = check_not_source(scratch, self.rt.source)
         with scratch.connect(autocommit=True) as conn:
             can_create = conn.execute(
                 "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
@@ -283,7 +366,7 @@ class Preflight:
                 f"databases on {scratch.describe()}: ALTER ROLE {scratch.user} CREATEDB, or use "
                 "another login"
             )
-        return scratch.describe()
+        return f"{scratch.describe()} ({proof})"
 
     def scratch_locale(self) -> str:
         """The scratch server can create the verification database in the source's locale."""
@@ -314,4 +397,5 @@ def run_preflight(rt: Runtime) -> PreflightResult:
         pg_dump_version=preflight.pg_dump_version,
         estimated_bytes=preflight.estimated,
         staging_free_bytes=preflight.staging_free,
+        source=preflight.source_identity,
     )

@@ -13,10 +13,11 @@ from typing import Any
 from pg_backup.adapters.databases import Databases
 from pg_backup.adapters.pgconn import PgEndpoint, endpoint, get_connection
 from pg_backup.adapters.storage import Storage, open_storage
-from pg_backup.core import keys
+from pg_backup.core import keys, layout
 from pg_backup.core.config import TargetConfig
-from pg_backup.core.errors import ConnectionConfigError
+from pg_backup.core.errors import ConnectionConfigError, PgBackupError
 from pg_backup.core.layout import RunInfo
+from pg_backup.core.manifest import Manifest, SourceIdentity
 
 
 class Runtime:
@@ -55,8 +56,22 @@ class Runtime:
 
     @cached_property
     def scratch_databases(self) -> Databases:
-        """Create/drop on the scratch server; the source database is refused on every call."""
-        return Databases(self.scratch, self.source)
+        """Create/drop on the scratch server; the source database is refused on every call.
+
+        In a backup run, the source identity its manifest recorded tells the source apart when
+        the source itself stopped answering after the dump.
+        """
+        return Databases(self.scratch, self.source, self._recorded_source)
+
+    def _recorded_source(self) -> SourceIdentity | None:
+        """The source identity in this run's manifest, if the run has one in storage yet."""
+        if self._run is None:
+            return None
+        try:
+            key = self._run.prefix + layout.MANIFEST_OBJECT
+            return Manifest.from_bytes(self.storage.get_bytes(key)).source
+        except (PgBackupError, ValueError):
+            return None
 
     @cached_property
     def drill_server(self) -> PgEndpoint:

@@ -1,8 +1,12 @@
 """The retention sweep: plan over the catalog, delete, housekeeping, freshness, report.
 
 The decision is the pure ``core.retention.plan_retention``; this module reads what is there and
-carries out a plan. Deletes go data first, manifest last, so a sweep that dies half-way leaves
-sets that the next sweep recognises as unfinished deletes and completes.
+carries out a plan. Only sets proven this deployment's are planned (``adapters.catalog``);
+foreign sets and objects are reported, never counted, never deleted, and a damaged set is held
+for a human. Deletes go set by set from a fresh listing, known object names only, data first
+and manifest last, so a sweep that dies half-way leaves sets that the next sweep recognises as
+unfinished deletes and completes. A refused delete is reported and the sweep goes on; the report
+is stored, then the sweep fails so that someone is told.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from pg_backup.adapters import catalog_index
 from pg_backup.adapters.catalog import (
     Inventory,
+    SetRecord,
     delete_order,
     inventory,
     newest_verified,
@@ -27,7 +32,7 @@ from pg_backup.adapters.notify import run_url, send_mail
 from pg_backup.adapters.storage import Storage
 from pg_backup.core import layout
 from pg_backup.core.config import TargetConfig
-from pg_backup.core.errors import StaleBackup, SweepRefused
+from pg_backup.core.errors import StaleBackup, StorageError, SweepIncomplete, SweepRefused
 from pg_backup.core.names import backup_dag_id
 from pg_backup.core.records import Record
 from pg_backup.core.retention import (
@@ -41,13 +46,21 @@ from pg_backup.stages.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+# After this many sets in a row fail to delete, the store is taken to be unreachable and the
+# rest are reported as not tried (each try costs the client's own retries and backoff).
+MAX_FAILURES_IN_A_ROW = 3
+
+
 class DeleteResult(Record):
-    """What a delete pass did."""
+    """What a delete pass did: deleted, kept under a lock, refused (with why), already gone."""
 
     deleted_sets: list[str]
     deleted_objects: int
     locked: list[str]
     dry_run: bool
+    refused: list[str] = []
+    gone: list[str] = []
+    held: list[str] = []
 
 
 def utcnow() -> datetime:
@@ -70,9 +83,24 @@ def policy_of(cfg: TargetConfig) -> RetentionPolicy:
     )
 
 
-def take_inventory(rt: Runtime) -> Inventory:
-    """Every set of the target in storage, classified."""
-    return inventory(rt.storage, rt.cfg.name)
+def take_inventory(rt: Runtime, store: Storage | None = None) -> Inventory:
+    """Every set of the target in storage, classified and judged for ownership and damage."""
+    return inventory(store or rt.storage, rt.cfg.name, rt.cfg.encryption.own_keys)
+
+
+def outsiders(found: Inventory) -> dict[str, Any]:
+    """What the sweep leaves alone and reports: foreign sets, foreign objects, held sets."""
+    return {
+        "foreign_sets": [
+            {"backup_id": s.backup_id, "why": s.foreign} for s in found.foreign_sets()
+        ],
+        "foreign_objects": list(found.stray),
+        "held": [
+            {"backup_id": s.backup_id, "why": "; ".join(s.problems)}
+            for s in found.ours()
+            if s.problems
+        ],
+    }
 
 
 def check_listing(found: Inventory) -> None:
@@ -85,15 +113,25 @@ def check_listing(found: Inventory) -> None:
 
 
 def plan(rt: Runtime, found: Inventory, as_of: datetime, force: bool) -> dict[str, Any]:
-    """The retention plan as JSON, logged as a table; refused plans raise SweepRefused."""
+    """The retention plan over our sets as JSON, logged as a table, with what is left alone.
+
+    :raises SweepRefused: a rail refused the plan (nothing is deleted)
+    """
     check_listing(found)
     result = plan_retention(
-        [s.to_backup_set() for s in found.sets], policy_of(rt.cfg), as_of, force=force
+        [s.to_backup_set() for s in found.ours()], policy_of(rt.cfg), as_of, force=force
     )
     log.info("retention plan:\n%s", format_plan_table(result))
+    left_alone = outsiders(found)
+    for item in left_alone["foreign_sets"]:
+        log.warning("sweep: foreign set %s left alone: %s", item["backup_id"], item["why"])
+    for key in left_alone["foreign_objects"]:
+        log.warning("sweep: foreign object %s left alone (pg_backup did not write it)", key)
+    for item in left_alone["held"]:
+        log.warning("sweep: set %s held for a human: %s", item["backup_id"], item["why"])
     if result.refused:
         raise SweepRefused(f"plan refused, nothing deleted: {result.refused}")
-    return plan_to_json(result)
+    return {**plan_to_json(result), **left_alone}
 
 
 def planned_deletes(found: Inventory, planned: dict[str, Any]) -> list[str]:
@@ -105,40 +143,82 @@ def planned_deletes(found: Inventory, planned: dict[str, Any]) -> list[str]:
 def delete_sets(
     store: Storage, found: Inventory, delete_ids: list[str], dry_run: bool, now: datetime
 ) -> DeleteResult:
-    """Delete the given sets: data objects first, manifest last; locked sets are skipped."""
+    """Delete the given sets one by one, each from what ``found`` lists now.
+
+    Per set: gone already (nothing to do), no longer ours or now damaged (held), under Object
+    Lock (kept), or its known objects deleted data first, manifest last. A refused or failed
+    delete is recorded and the next set is tried; after ``MAX_FAILURES_IN_A_ROW`` failures in a
+    row the rest are recorded as not tried. Never raises for one set's failure.
+    """
     by_id = {s.backup_id: s for s in found.sets}
-    deleted: list[str] = []
-    locked: list[str] = []
-    objects = 0
+    out: dict[str, list[str]] = {k: [] for k in ("deleted", "locked", "refused", "gone", "held")}
+    objects = failures = 0
     for backup_id in delete_ids:
-        record = by_id[backup_id]
-        until = max(
-            (u for u in (store.locked_until(k) for k in record.keys) if u is not None), default=None
-        )
-        if until is not None and until > now:
-            locked.append(f"{record.backup_id} (Object Lock until {until.isoformat()})")
-            log.info("sweep: %s is under Object Lock until %s: kept", record.backup_id, until)
+        record = by_id.get(backup_id)
+        if record is None:
+            out["gone"].append(backup_id)
+            log.info("sweep: %s is gone already", backup_id)
             continue
-        if dry_run:
-            log.info(
-                "sweep (dry run): would delete %s (%d objects)", record.backup_id, len(record.keys)
-            )
+        if not record.sound:
+            why = record.foreign or "; ".join(record.problems)
+            out["held"].append(f"{backup_id} ({why})")
+            log.warning("sweep: %s not deleted: %s", backup_id, why)
             continue
-        for key in delete_order(record):
-            store.delete(key)
-            objects += 1
-        deleted.append(record.backup_id)
-        log.info("sweep: deleted %s (%d objects)", record.backup_id, len(record.keys))
+        if failures >= MAX_FAILURES_IN_A_ROW:
+            out["refused"].append(f"{backup_id} (not tried: the store failed {failures} times)")
+            continue
+        try:
+            outcome, count = _delete_one(store, record, dry_run, now)
+        except StorageError as exc:
+            failures += 1
+            out["refused"].append(f"{backup_id} ({exc.summary})")
+            log.error("sweep: could not delete %s: %s", backup_id, exc.summary)
+            continue
+        failures = 0
+        objects += count
+        if outcome:
+            out["locked" if count == 0 else "deleted"].append(outcome)
     return DeleteResult(
-        deleted_sets=deleted, deleted_objects=objects, locked=locked, dry_run=dry_run
+        deleted_sets=out["deleted"],
+        deleted_objects=objects,
+        locked=out["locked"],
+        dry_run=dry_run,
+        refused=out["refused"],
+        gone=out["gone"],
+        held=out["held"],
     )
 
 
-def delete(rt: Runtime, found: Inventory, planned: dict[str, Any], dry_run: bool) -> DeleteResult:
-    """The delete task: the plan's sets and unfinished deletes, with the sweeper's credentials."""
-    return delete_sets(
-        rt.sweep_storage, found, planned_deletes(found, planned), dry_run=dry_run, now=utcnow()
-    )
+def _delete_one(
+    store: Storage, record: SetRecord, dry_run: bool, now: datetime
+) -> tuple[str | None, int]:
+    """Delete one set's known objects, data first, manifest last.
+
+    :return: (the lock line and 0) when locked, (None, 0) on a dry run, else (id, objects)
+    """
+    keys = delete_order(record)
+    until = max((u for u in (store.locked_until(k) for k in keys) if u is not None), default=None)
+    if until is not None and until > now:
+        log.info("sweep: %s is under Object Lock until %s: kept", record.backup_id, until)
+        return f"{record.backup_id} (Object Lock until {until.isoformat()})", 0
+    if dry_run:
+        log.info("sweep (dry run): would delete %s (%d objects)", record.backup_id, len(keys))
+        return None, 0
+    for key in keys:
+        store.delete(key)
+    log.info("sweep: deleted %s (%d objects)", record.backup_id, len(keys))
+    return record.backup_id, len(keys)
+
+
+def delete(rt: Runtime, planned: dict[str, Any], dry_run: bool) -> DeleteResult:
+    """The delete task: from a fresh listing, the plan's sets and unfinished deletes.
+
+    Listed again (not taken from the inventory task) so that a retry, or a sweep after an
+    interrupted one, works on what is there now. Uses the sweeper's credentials.
+    """
+    store = rt.sweep_storage
+    found = take_inventory(rt, store)
+    return delete_sets(store, found, planned_deletes(found, planned), dry_run, now=utcnow())
 
 
 def clean_staging(staging_dir: str, target: str, keep_days: int, now: datetime) -> list[str]:
@@ -207,9 +287,20 @@ def store_report(
     deleted: dict[str, Any],
     kept: dict[str, Any],
 ) -> str:
-    """Store the sweep's plan and what it did as JSON beside the drill reports; its key."""
+    """Store the sweep's plan and what it did as JSON beside the drill reports; its key.
+
+    :raises SweepIncomplete: after storing, when deletes were refused (so the run fails and
+        its failure mail names them)
+    """
     key = layout.sweep_report_key(rt.cfg.name, as_of, run_id)
     doc = {"run_id": run_id, "plan": planned, "delete": deleted, "housekeeping": kept}
     rt.storage.put_bytes(key, json.dumps(doc, indent=2, default=str).encode())
     catalog_index.refresh(rt.storage, rt.cfg.name)
+    refused = deleted.get("refused") or []
+    if refused:
+        raise SweepIncomplete(
+            f"{len(refused)} set(s) could not be deleted: {'; '.join(refused)}. Every other set "
+            f"was handled; the report is at {rt.storage.describe(key)}. Check the sweeper's "
+            "permissions (storage.sweep_aws_conn_id); the next sweep tries again"
+        )
     return key
