@@ -37,6 +37,7 @@ import yaml
 
 from tests.conftest import REPO, AgeKeys, MailSink, free_port, pg_conn_json, psql
 from tests.integration.conftest import RICH_SCHEMA
+from tests.integration.fake_sets import RECIPIENT
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +61,9 @@ TARGETS: dict[str, dict[str, Any]] = {
     # The database exists (preflight passes) but pg_dump finds nothing to dump and exits 1.
     "broken": {"dump": {"schemas": ["no_such_schema"]}},
     # The Backups page's target: its drill and sweep must not add mails the alert tests count.
-    "shown": {"alerts": {"emails": []}},
+    # The older sets its test writes directly (tests/integration/fake_sets.py) name a key of
+    # their own; listing it as retired makes them this deployment's sets, as real ones are.
+    "shown": {"alerts": {"emails": []}, "encryption": {"retired_recipients": [RECIPIENT]}},
 }
 # A logged-in user with no role: may read no DAG (the page must refuse them).
 NO_ROLE_USER = "nobody"

@@ -20,6 +20,7 @@ import httpx
 import psycopg
 import pytest
 
+from pg_backup.core import layout
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.e2e.conftest import (
     ALERT_TO,
@@ -352,12 +353,7 @@ def test_clearing_upload_of_a_green_run_keeps_its_verified_set(airflow_stack: St
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in set_dir.iterdir()}
 
     before = contents()
-    assert set(before) == {
-        "db.dump.zst.age",
-        "tables.json.age",
-        "manifest.json",
-        "verification.json",
-    }
+    assert set(before) == set(layout.SET_OBJECTS)
     assert not (stack.staging_root / "healthy" / backup_id).exists()  # cleaned after success
 
     cleared = stack.api(

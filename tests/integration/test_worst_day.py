@@ -462,8 +462,10 @@ def test_server_lacking_the_locale_is_refused_before_anything(backed_up, source,
     standby.psql("CREATE DATABASE keep_me")
     standby.psql("CREATE TABLE precious (x int)", "keep_me")
     missing = DatabaseLocale(encoding="UTF8", collate="xx_XX.UTF-8", ctype="xx_XX.UTF-8")
+    # The source connection proves keep_me is another database (the guard asks it first).
+    src = PgEndpoint("src", PG_HOST, PG_PORT, PG_USER, source["db"])
     with pytest.raises(RestoreError) as err:
-        Databases(server, None).create("keep_me", missing)
+        Databases(server, src).create("keep_me", missing)
     assert "'xx_XX.UTF-8'" in str(err.value) and "locale-gen" in str(err.value)
     assert standby.psql("SELECT count(*) FROM precious", "keep_me") == "0"  # still there
 
