@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -12,6 +13,7 @@ from pg_backup.core.drill_report import (
     collect,
     format_report_table,
     report_mail,
+    stored_report,
 )
 from pg_backup.core.errors import DrillError
 from pg_backup.core.names import DRILL_PHASES, DrillTask
@@ -127,3 +129,28 @@ def test_report_without_a_choice_fails_with_the_cause():
     doc = build_report("voting", "r1", AT, None, 60.0, collect(None, {}, AT), "choose failed")
     assert doc["outcome"] == "failed" and doc["error"] == "choose failed"
     assert "choose failed" in report_mail(doc, "l")[1]
+
+
+def test_stored_report_names_no_table_but_the_mail_does():
+    """The stored report (readable without the key) counts differences; the mail names them."""
+    backup = cand(28)["backup_id"]
+    chosen = {"backups": [backup], "manifests": {backup: manifest(28)}, "seed": 3}
+    outputs = phase_outputs(backup)
+    verified = outputs[DrillTask.VERIFY]
+    assert verified is not None
+    verified[backup].update(
+        counts_ok=False,
+        differences=['table public."Vote": 6 rows in the snapshot, 5 restored'],
+        checks=[{"name": "no orphan votes", "ok": False, "detail": "returned 1 row: (42, 'x')"}],
+    )
+    doc = build_report("voting", "r1", AT, 3, 60.0, collect(chosen, outputs, AT))
+    stored = stored_report(doc)
+    raw = json.dumps(stored)
+    assert "Vote" not in raw and "(42, 'x')" not in raw
+    assert stored["backups"][0]["mismatches"] == 1
+    assert stored["backups"][0]["checks"] == [{"name": "no orphan votes", "ok": False}]
+    assert stored["outcome"] == "failed" and not stored["backups"][0]["ok"]
+    assert doc["backups"][0]["differences"]  # the caller's report is left whole
+    _, body = report_mail(doc, "http://x/run")
+    assert "Vote" in body and "(42, &#x27;x&#x27;)" in body
+    assert "DIFF" in format_report_table(doc["backups"], 60.0)

@@ -92,7 +92,7 @@ def age_hours(taken_at: str, at: datetime) -> float:
 
 def format_report_table(backups: list[dict[str, Any]], rto: float) -> str:
     """A short fixed-width table for the log and the mail."""
-    lines = [f"{'backup':<44} {'age h':>7} {'RTO s':>8} {'counts':>7} {'checks':>7}  result"]
+    lines = [f"{'backup':<44} {'age h':>7} {'RTO s':>8} {'proof':>7} {'checks':>7}  result"]
     for b in backups:
         checks = f"{sum(c['ok'] for c in b['checks'])}/{len(b['checks'])}"
         result = (
@@ -102,7 +102,7 @@ def format_report_table(backups: list[dict[str, Any]], rto: float) -> str:
         )
         lines.append(
             f"{b['backup_id']:<44} {b['age_hours']:>7.1f} {b['rto_seconds']:>8.1f} "
-            f"{'exact' if b['counts_ok'] else 'DIFF':>7} {checks:>7}  {result}"
+            f"{'proven' if b['counts_ok'] else 'DIFF':>7} {checks:>7}  {result}"
         )
     return "\n".join(lines)
 
@@ -193,6 +193,26 @@ def build_report(
         "error": first_line(chose_error) if chose_error else None,
         "backups": backups,
     }
+
+
+def stored_report(doc: dict[str, Any]) -> dict[str, Any]:
+    """The report as stored beside the sets: readable without the key, so it names no table.
+
+    ``DESIGN.md``: table names, counts and content checksums are kept only in encrypted
+    documents. Each backup's ``differences`` (which name tables) become ``mismatches`` (how many),
+    and the invariant checks keep their name and outcome but not their ``detail`` (which may
+    quote values). The log and the mail keep the whole report.
+
+    :param doc: a report from ``build_report``
+    :returns: a new document; ``doc`` is left as it was
+    """
+    backups = []
+    for b in doc["backups"]:
+        kept = {k: v for k, v in b.items() if k != "differences"}
+        kept["mismatches"] = len(b.get("differences") or [])
+        kept["checks"] = [{"name": c["name"], "ok": c["ok"]} for c in b.get("checks", [])]
+        backups.append(kept)
+    return {**doc, "backups": backups}
 
 
 def report_mail(doc: dict[str, Any], link: str) -> tuple[str, str]:

@@ -32,6 +32,7 @@ from pg_backup.core.drill_report import (
     collect,
     format_report_table,
     report_mail,
+    stored_report,
 )
 from pg_backup.core.errors import DrillError, PgBackupError, StorageError
 from pg_backup.core.manifest import Manifest
@@ -286,13 +287,13 @@ def report(
     where = store.describe(key)
     try:
         first = not store.exists(key)  # a retried report task must not mail twice
-        store.put_bytes(key, json.dumps(doc, indent=2).encode())
+        store.put_bytes(key, json.dumps(stored_report(doc), indent=2).encode())
     except StorageError as exc:
         first, where = True, f"nowhere: storing it failed ({exc.summary})"
         doc["stored"] = where
         log.error("drill: the report could not be stored: %s", exc.summary)
     else:
-        catalog_index.record_drill(store, cfg.name, doc)
+        catalog_index.record_drill(store, cfg.name, stored_report(doc))
     if first:
         send_mail(cfg, *report_mail(doc, run_url(cfg.alerts.base_url, dag_id, run_id)))
     if doc["outcome"] != "passed":
