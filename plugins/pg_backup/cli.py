@@ -63,8 +63,10 @@ def _check(args: argparse.Namespace) -> int:
     for cfg in config.targets.values():
         if args.target and cfg.name not in args.target:
             continue
-        # The daily DAG's own preflight, one check at a time: every failure is reported.
-        for label, check in Preflight(Runtime(cfg)).checks():
+        # The daily DAG's own preflight, one check at a time (every failure is reported), then
+        # what the weekly drill needs (its private key, its standby server).
+        preflight = Preflight(Runtime(cfg))
+        for label, check in preflight.checks() + preflight.drill_checks():
             try:
                 detail = check()
                 print(f"ok   {cfg.name}: {label}{': ' + detail if detail else ''}")

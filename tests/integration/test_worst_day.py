@@ -434,6 +434,54 @@ def test_stock_tools_recipe_on_a_new_server(backed_up, source, standby, tmp_path
         assert catalogs(restored, p) == before
 
 
+def test_check_proves_what_the_drill_needs(backed_up, standby):
+    """`pg-backup check` also proves the drill's key and standby: ok when fit, FAIL naming the field."""
+    import pyrage
+
+    name = backed_up.name
+    os.environ["AIRFLOW_CONN_PGB_TEST_STANDBY"] = standby.conn_json("postgres")
+    backed_up.write_config(drill={"standby_conn_id": "pgb_test_standby"})
+    try:
+        fit = cli(backed_up, "check", name)
+        other_key = str(pyrage.x25519.Identity.generate())
+        wrong_key = cli(
+            backed_up,
+            "check",
+            name,
+            env={
+                "AIRFLOW_CONN_PGB_WORST_IDENTITY": json.dumps(
+                    {"conn_type": "generic", "password": other_key}
+                )
+            },
+        )
+        backed_up.write_config(drill={"standby_conn_id": f"pgb_src_{name}"})
+        on_source = cli(backed_up, "check", name)
+    finally:
+        backed_up.write_config(drill={"standby_conn_id": None})
+    assert fit.returncode == 0, fit.stdout + fit.stderr
+    assert (
+        f"ok   {name}: drill identity connection 'pgb_worst_identity': 1 private key(s), "
+        "1 for a configured recipient" in fit.stdout
+    )
+    (line,) = [x for x in fit.stdout.splitlines() if "drill standby connection" in x]
+    assert line.startswith(f"ok   {name}: drill standby connection 'pgb_test_standby': ")
+    assert f"{standby.port}" in line and "ICU locale en-US" in line, line
+
+    assert wrong_key.returncode == 1
+    assert (
+        f"FAIL {name}: drill identity connection 'pgb_worst_identity': none of the 1 private "
+        "key(s) in connection 'pgb_worst_identity' belongs to a recipient in "
+        "encryption.recipients" in wrong_key.stdout
+    ), wrong_key.stdout
+    assert other_key not in wrong_key.stdout + wrong_key.stderr
+
+    assert on_source.returncode == 1
+    assert (
+        f"FAIL {name}: drill standby connection 'pgb_src_{name}': drill.standby_conn_id "
+        f"'pgb_src_{name}' points at the source database" in on_source.stdout
+    ), on_source.stdout
+
+
 def test_server_lacking_the_locale_is_refused_before_anything(backed_up, source, standby):
     """A locale the server lacks: refused naming it and the fix; nothing created, dropped or fetched."""
     from pg_backup.adapters.databases import Databases

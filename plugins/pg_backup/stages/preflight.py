@@ -73,10 +73,13 @@ def check_pg_dump(pg_dump_major: int, server_major: int) -> None:
         )
 
 
-def check_not_source(scratch: PgEndpoint, source: PgEndpoint) -> str:
-    """The scratch connection's database must be proven not to be the source database.
+def check_not_source(
+    scratch: PgEndpoint, source: PgEndpoint, field: str = "scratch_conn_id"
+) -> str:
+    """The scratch (or standby) connection's database must be proven not to be the source.
 
     Decided by the servers' identity (``Databases.verdict``), never by host spelling.
+    :param field: the config field that names the connection, for the messages
     :return: how it was proven
     :raises PreflightError: it is the source, or that cannot be ruled out
     """
@@ -84,8 +87,9 @@ def check_not_source(scratch: PgEndpoint, source: PgEndpoint) -> str:
     if found.is_source is False:
         if "source's server" in found.why:
             log.warning(
-                "preflight: scratch_conn_id %r is on the source's server: verification "
-                "restores will load it; a scratch server of its own is safer",
+                "preflight: %s %r is on the source's server: restores will load it; a "
+                "server of its own is safer",
+                field,
                 scratch.conn_id,
             )
         return found.why
@@ -95,11 +99,11 @@ def check_not_source(scratch: PgEndpoint, source: PgEndpoint) -> str:
     )
     if found.is_source:
         raise PreflightError(
-            f"scratch_conn_id {scratch.conn_id!r} points at the source database "
+            f"{field} {scratch.conn_id!r} points at the source database "
             f"{source.describe()} ({found.why}): {fix}"
         )
     raise PreflightError(
-        f"scratch_conn_id {scratch.conn_id!r}: cannot prove {scratch.describe()} is not the "
+        f"{field} {scratch.conn_id!r}: cannot prove {scratch.describe()} is not the "
         f"source database ({found.why}): let both logins read pg_control_system() "
         "(GRANT EXECUTE ON FUNCTION pg_control_system() TO <login>), or " + fix
     )
@@ -231,6 +235,18 @@ class Preflight:
             ("staging space", self.staging),
         ]
 
+    def drill_checks(self) -> list[tuple[str, Callable[[], str]]]:
+        """(label, check) for what the weekly drill needs; run by ``pg-backup check``.
+
+        The daily preflight does not run these: the private key is read only by drills and
+        restores. Run after ``checks()`` (the standby's locale check needs the source's).
+        """
+        cfg = self.rt.cfg
+        found = [(f"drill identity connection {cfg.encryption.identity_conn_id!r}", self.identity)]
+        if cfg.drill.standby_conn_id:
+            found.append((f"drill standby connection {cfg.drill.standby_conn_id!r}", self.standby))
+        return found
+
     def _source_session(self) -> Any:
         """A session on the source whose lock waits end at ``dump.lock_wait_timeout``."""
         from pg_backup.stages.dump import lock_timeout_ms
@@ -354,19 +370,30 @@ class Preflight:
 
     def scratch(self) -> str:
         """The scratch server is not the source and its login may create databases."""
-        scratch = self.rt.scratch
-        proof = check_not_source(scratch, self.rt.source)
-        with scratch.connect(autocommit=True) as conn:
-            can_create = conn.execute(
-                "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
-            ).fetchone()
-        if not (can_create and can_create[0]):
+        return _restore_server(self.rt.scratch, self.rt.source, "scratch_conn_id")
+
+    def identity(self) -> str:
+        """The drill's private keys parse and one of them opens what the recipients get."""
+        from pg_backup.core import keys
+
+        cfg = self.rt.cfg
+        held = set(keys.public_keys(self.rt.identities))
+        wanted = {str(r) for r in self.rt.recipients}
+        if not held & wanted:
             raise PreflightError(
-                f"scratch_conn_id {scratch.conn_id!r}: user {scratch.user!r} may not create "
-                f"databases on {scratch.describe()}: ALTER ROLE {scratch.user} CREATEDB, or use "
-                "another login"
+                f"none of the {len(held)} private key(s) in connection "
+                f"{cfg.encryption.identity_conn_id!r} belongs to a recipient in "
+                "encryption.recipients, so the drill could not decrypt new backups: put the "
+                "private key of one of them (AGE-SECRET-KEY-1...) in its password field"
             )
-        return f"{scratch.describe()} ({proof})"
+        return f"{len(held)} private key(s), {len(held & wanted)} for a configured recipient"
+
+    def standby(self) -> str:
+        """The standby server is not the source, may create databases, holds the locale."""
+        done = _restore_server(self.rt.drill_server, self.rt.source, "drill.standby_conn_id")
+        if self.locale is None:
+            raise PreflightError("the source's locale is unknown: its check failed first")
+        return f"{done}; {self.rt.drill_databases.check_locale(self.locale)}"
 
     def scratch_locale(self) -> str:
         """The scratch server can create the verification database in the source's locale."""
@@ -385,6 +412,25 @@ class Preflight:
         cfg = self.rt.cfg
         self.staging_free = check_free_space(cfg.staging_dir, self.estimated, cfg.staging_headroom)
         return f"{self.staging_free / 1e9:,.1f} GB free in {cfg.staging_dir}"
+
+
+def _restore_server(server: PgEndpoint, source: PgEndpoint, field: str) -> str:
+    """``server`` is proven not the source and its login may create databases.
+
+    :param field: the config field naming the connection, for the messages
+    :raises PreflightError: naming the field and the fix
+    """
+    proof = check_not_source(server, source, field)
+    with server.connect(autocommit=True) as conn:
+        can_create = conn.execute(
+            "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+    if not (can_create and can_create[0]):
+        raise PreflightError(
+            f"{field} {server.conn_id!r}: user {server.user!r} may not create databases on "
+            f"{server.describe()}: ALTER ROLE {server.user} CREATEDB, or use another login"
+        )
+    return f"{server.describe()} ({proof})"
 
 
 def run_preflight(rt: Runtime) -> PreflightResult:
