@@ -127,7 +127,7 @@ def _catalog(args: argparse.Namespace) -> int:
     cfg = _load_target(args)
     store = open_storage(cfg.storage)
     index = (
-        catalog_index.rebuild(store, cfg.name)
+        catalog_index.rebuild(store, cfg.name, cfg.encryption.own_keys)
         if args.rebuild
         else catalog_index.read_index(store, cfg.name)
     )

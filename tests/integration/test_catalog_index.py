@@ -350,3 +350,43 @@ def test_sweep_report_hook_and_cli_rebuild(tmp_path, s3_server, age_keys, capsys
     out = capsys.readouterr().out
     assert "no catalog index" in out and f"{len(sets)} set(s); index rebuilt" in out
     assert all(f.backup_id in out for f in sets)
+
+
+def test_damaged_and_foreign_sets_are_shown_held_and_never_newest(store):
+    """A rebuild shows a damaged set of ours and another deployment's set as held, with why.
+
+    Neither is the newest verified set the page, the metrics and freshness count on.
+    """
+    import pyrage
+
+    from pg_backup.core import catalog_index as ci
+    from tests.integration.fake_sets import RECIPIENT
+
+    good = write_set(put(store), TARGET, BASE)
+    damaged = write_set(put(store), TARGET, BASE + timedelta(days=1))
+    store.put_bytes(damaged.prefix + layout.DATA_OBJECT, b"truncated")
+    foreign = write_set(put(store), TARGET, BASE + timedelta(days=2))
+    other_key = str(pyrage.x25519.Identity.generate().to_public())
+    theirs = manifest_of(store, foreign).model_copy(update={"recipients": [other_key]})
+    store.put_bytes(foreign.prefix + layout.MANIFEST_OBJECT, theirs.to_bytes())
+    index = index_io.rebuild(store, TARGET, keys=[RECIPIENT])
+    by_id = {s.backup_id: s for s in index.sets}
+    assert not by_id[good.backup_id].held and not by_id[good.backup_id].problems
+    hurt = by_id[damaged.backup_id]
+    assert hurt.held and any(f"{layout.DATA_OBJECT} is 9 bytes" in p for p in hurt.problems)
+    other = by_id[foreign.backup_id]  # encrypted to another deployment's key only
+    assert other.held and other.foreign and "encrypted to keys" in other.foreign
+    # The newest verified set a restore would use is the good one, three days old.
+    assert ci.newest_verified(index).backup_id == good.backup_id  # type: ignore[union-attr]
+    values = {name: v for name, labels, v in ci.metric_values(index, BASE + timedelta(days=3))}
+    assert values["sets_held"] == 2.0
+    assert values["newest_verified_age_seconds"] == timedelta(days=3).total_seconds()
+    # When that key is the deployment's too (a retired key), the set is ours again (and newest).
+    index = index_io.rebuild(store, TARGET, keys=[RECIPIENT, other_key])
+    assert ci.newest_verified(index).backup_id == foreign.backup_id  # type: ignore[union-attr]
+    assert sum(s.held for s in index.sets) == 1
+
+    from pg_backup.web.view import verification_label
+
+    assert verification_label(hurt) == f"held, damaged: {hurt.problems[0]}"
+    assert verification_label(other).startswith("held, not ours: encrypted to keys")

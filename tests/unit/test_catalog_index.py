@@ -331,3 +331,12 @@ def test_changes_commute_so_a_retried_writer_loses_nothing(order):
     assert [(s.backup_id, s.status) for s in index.sets] == [
         (m.backup_id, "verified") for m in reversed(sets)
     ]
+
+
+def test_proof_lists_what_the_verification_proved():
+    """The index says what verification.json proved; records older than ``proven``: counts."""
+    m = manifest(datetime(2026, 11, 3, 2, 0, tzinfo=UTC))
+    full = verification(m.backup_id).model_copy(update={"proven": ["counts", "content", "objects"]})
+    assert ci.verification_entry(full).proof == ["counts", "content", "objects"]
+    assert ci.verification_entry(verification(m.backup_id)).proof == ["counts"]
+    assert ci.verification_entry(verification(m.backup_id, "failed")).proof == []

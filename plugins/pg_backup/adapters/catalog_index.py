@@ -20,7 +20,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,9 +82,15 @@ def _reports(store: Storage, prefix: str, newest: int) -> list[dict[str, Any]]:
     return docs
 
 
-def build(store: Storage, target: str, now: datetime) -> CatalogIndex:
-    """The index from scratch: list the target's sets, read their documents and the reports."""
-    found = inventory(store, target)
+def build(
+    store: Storage, target: str, now: datetime, keys: Collection[str] | None = None
+) -> CatalogIndex:
+    """The index from scratch: list the target's sets, read their documents and the reports.
+
+    :param keys: the deployment's public keys (``encryption.own_keys``): sets encrypted to none
+        of them are shown as foreign. None: ownership is judged from the manifest alone.
+    """
+    found = inventory(store, target, keys)
     entries = []
     for record in found.sets:
         location = store.describe(record.prefix)
@@ -105,7 +111,10 @@ def build(store: Storage, target: str, now: datetime) -> CatalogIndex:
                 store.get_bytes(record.prefix + layout.VERIFICATION_OBJECT)
             )
         locked = store.locked_until(record.prefix + layout.DATA_OBJECT)
-        entries.append(ci.entry_from_manifest(manifest, location, verification, locked))
+        entry = ci.entry_from_manifest(manifest, location, verification, locked)
+        entries.append(
+            entry.model_copy(update={"foreign": record.foreign, "problems": list(record.problems)})
+        )
     dag_id = drill_dag_id(target)
     drills = [
         (doc, dag_id)
@@ -147,11 +156,20 @@ def _emit_metrics(index: CatalogIndex, now: datetime) -> None:
         log.warning("catalog: metrics not emitted", exc_info=True)
 
 
-def update(store: Storage, target: str, change: Change, *, rebuild: bool = False) -> CatalogIndex:
+def update(
+    store: Storage,
+    target: str,
+    change: Change,
+    *,
+    rebuild: bool = False,
+    keys: Collection[str] | None = None,
+) -> CatalogIndex:
     """Apply ``change`` to the newest index with a conditional put, retrying on conflicts.
 
     The index is rebuilt first when missing, unreadable, stale or ``rebuild`` is set, and when
     ``change`` returns None (it needs a set the index does not list yet).
+
+    :param keys: passed to ``build`` (the deployment's public keys, to tell foreign sets)
 
     :raises StorageError: the store failed, or ``ATTEMPTS`` writers in a row got there first
     """
@@ -163,13 +181,13 @@ def update(store: Storage, target: str, change: Change, *, rebuild: bool = False
         reason = "asked" if rebuild else ci.needs_rebuild(index, target, now)
         if index is None or reason:
             log.info("catalog index of %s: rebuilding from storage (%s)", target, reason)
-            index = build(store, target, now)
+            index = build(store, target, now, keys)
         changed = change(index)
         if changed is None:
             log.info(
                 "catalog index of %s: rebuilding (it lacks the set this change is about)", target
             )
-            index = build(store, target, now)
+            index = build(store, target, now, keys)
             changed = change(index) or index
         if store.put_if(key, changed.to_bytes(), found[1] if found else None):
             _emit_metrics(changed, now)
@@ -185,10 +203,15 @@ def update(store: Storage, target: str, change: Change, *, rebuild: bool = False
 
 
 def _best_effort(
-    what: str, target: str, store: Storage, change: Change, rebuild: bool = False
+    what: str,
+    target: str,
+    store: Storage,
+    change: Change,
+    rebuild: bool = False,
+    keys: Collection[str] | None = None,
 ) -> CatalogIndex | None:
     try:
-        return update(store, target, change, rebuild=rebuild)
+        return update(store, target, change, rebuild=rebuild, keys=keys)
     except Exception as exc:  # noqa: BLE001 - the index is derived data; see the module doc
         log.warning(
             "catalog index of %s not updated after %s (%s); the set itself is safe in storage "
@@ -230,11 +253,14 @@ def record_drill(store: Storage, target: str, report: dict[str, Any]) -> None:
     )
 
 
-def refresh(store: Storage, target: str) -> None:
-    """Sweep hook: the sweep report is in storage; rebuild from a fresh listing (daily repair)."""
-    _best_effort("sweep report", target, store, lambda i: i, rebuild=True)
+def refresh(store: Storage, target: str, keys: Collection[str] | None = None) -> None:
+    """Sweep hook: the sweep report is in storage; rebuild from a fresh listing (daily repair).
+
+    :param keys: the deployment's public keys, so foreign sets are shown as such
+    """
+    _best_effort("sweep report", target, store, lambda i: i, rebuild=True, keys=keys)
 
 
-def rebuild(store: Storage, target: str) -> CatalogIndex:
+def rebuild(store: Storage, target: str, keys: Collection[str] | None = None) -> CatalogIndex:
     """Rebuild from scratch now (``pg-backup catalog --rebuild``); errors are raised."""
-    return update(store, target, lambda i: i, rebuild=True)
+    return update(store, target, lambda i: i, rebuild=True, keys=keys)

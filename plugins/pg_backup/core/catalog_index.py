@@ -113,6 +113,16 @@ class SetEntry(_Model):
     drill: DrillEntry | None = None
     retention: RetentionEntry | None = None
     destinations: list[Destination] = []
+    # Set by a rebuild from a listing (``adapters.catalog.inventory``): why nothing proves the set
+    # is this deployment's (never deleted, never restored by the drill's pick) ...
+    foreign: str | None = None
+    # ... and what is damaged in one of ours (held for a human: never deleted, never "newest").
+    problems: list[str] = []
+
+    @property
+    def held(self) -> bool:
+        """Foreign or damaged: shown, kept, never the set a restore or freshness counts on."""
+        return bool(self.foreign or self.problems)
 
     @property
     def stored_bytes(self) -> int:
@@ -197,8 +207,14 @@ def needs_rebuild(index: CatalogIndex | None, target: str, now: datetime) -> str
 
 
 def proof_of(verification: Verification) -> list[str]:
-    """What a verification record proves (empty when it failed)."""
-    return ["counts"] if verification.status == "verified" else []
+    """What a verification record proves (empty when it failed).
+
+    ``verification.proven`` names it (counts, content, objects); records written before it
+    existed proved counts only.
+    """
+    if verification.status != "verified":
+        return []
+    return list(verification.proven or ["counts"])
 
 
 def verification_entry(verification: Verification) -> VerificationEntry:
@@ -484,8 +500,8 @@ def rebuilt(
 
 
 def newest_verified(index: CatalogIndex) -> SetEntry | None:
-    """The newest verified set (scheduled or emergency): what a restore would use."""
-    return next((s for s in index.sets if s.status == "verified"), None)
+    """The newest verified set (scheduled or emergency) not held: what a restore would use."""
+    return next((s for s in index.sets if s.status == "verified" and not s.held), None)
 
 
 def newest_drilled(index: CatalogIndex) -> SetEntry | None:
@@ -544,6 +560,7 @@ def metric_values(index: CatalogIndex, now: datetime) -> list[tuple[str, dict[st
     for status in ("verified", "failed", "unverified", "incomplete"):
         count = sum(1 for s in index.sets if s.status == status)
         out.append(("sets", {"status": status}, float(count)))
+    out.append(("sets_held", {}, float(sum(1 for s in index.sets if s.held))))
     out.append(
         (
             "catalog_updated_timestamp_seconds",

@@ -295,7 +295,7 @@ def store_report(
     key = layout.sweep_report_key(rt.cfg.name, as_of, run_id)
     doc = {"run_id": run_id, "plan": planned, "delete": deleted, "housekeeping": kept}
     rt.storage.put_bytes(key, json.dumps(doc, indent=2, default=str).encode())
-    catalog_index.refresh(rt.storage, rt.cfg.name)
+    catalog_index.refresh(rt.storage, rt.cfg.name, rt.cfg.encryption.own_keys)
     refused = deleted.get("refused") or []
     if refused:
         raise SweepIncomplete(

@@ -29,6 +29,7 @@ HELP = {
     "last_drill_passed": "1 when the last restore drill passed, else 0",
     "stored_bytes": "Bytes stored for every set of the target",
     "sets": "Backup sets in storage by status",
+    "sets_held": "Sets held for a human: damaged, or not provably this deployment's",
     "stage_duration_seconds": "Duration of each stage of the run that made the newest verified set",
     "sla_seconds": "The target's SLA: queued to verified",
     "freshness_limit_seconds": "Age of the newest verified set above which the sweep alerts",

@@ -70,9 +70,17 @@ def run_href(root: str, dag_id: str | None, run_id: str | None) -> str | None:
 
 
 def verification_label(entry: SetEntry) -> str:
-    """``counts`` (what was proven), ``failed: N mismatches``, ``not verified``, ``incomplete``."""
+    """The set's proof in a few words; a foreign or damaged set says so first.
+
+    ``counts + content + objects`` (what was proven), ``failed: N relation(s) differ``,
+    ``not verified``, ``incomplete``, ``held, damaged: ...``, ``held, not ours: ...``.
+    """
     if entry.status == "incomplete":
         return "incomplete"
+    if entry.foreign:
+        return f"held, not ours: {entry.foreign}"
+    if entry.problems:
+        return f"held, damaged: {'; '.join(entry.problems)}"
     if entry.verification is None:
         return "not verified"
     if entry.verification.status == "failed":
