@@ -109,6 +109,9 @@ class SetEntry(_Model):
     server_version: str | None = None
     pg_dump_version: str | None = None
     package_version: str | None = None
+    # The manifest records the source's locale and the set holds globals.sql.age: a restore can
+    # bring back the database as it was (locale, roles, owners, grants, settings).
+    as_it_was: bool = False
     verification: VerificationEntry | None = None
     drill: DrillEntry | None = None
     retention: RetentionEntry | None = None
@@ -256,6 +259,7 @@ def entry_from_manifest(
         server_version=manifest.server_version,
         pg_dump_version=manifest.pg_dump_version,
         package_version=manifest.package_version,
+        as_it_was=manifest.database is not None and manifest.globals is not None,
         verification=verification_entry(verification) if verification else None,
         destinations=[
             Destination(

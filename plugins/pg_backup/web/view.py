@@ -262,6 +262,7 @@ def target_views(configs: list[TargetConfig], root: str, now: datetime) -> list[
                         entry.destinations[0].location if entry.destinations else "",
                         entry.data_sha256,
                         entry.dump_format,
+                        as_it_was=entry.as_it_was,
                     ),
                 )
             )
