@@ -46,6 +46,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+UI_TIMEOUT_MS = 90_000
 ARTIFACTS = Path(os.environ.get("PG_BACKUP_TEST_ARTIFACTS", REPO / "test-artifacts")) / "e2e"
 
 
@@ -205,6 +206,9 @@ def test_backups_page_in_the_airflow_ui(airflow_stack: Stack, shown):
             assert real.backup_id not in anonymous.content()
 
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            # The React UI's first load takes over 30 s (Playwright's default) at load 12.
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            expect.set_options(timeout=UI_TIMEOUT_MS)
             page.goto(f"{stack.base_url}/auth/login/")
             page.fill("input[name=username]", "admin")
             page.fill("input[name=password]", users["admin"])
@@ -239,9 +243,10 @@ def test_backups_page_in_the_airflow_ui(airflow_stack: Stack, shown):
             section.evaluate("element => element.scrollIntoView()")
             page.screenshot(path=str(ARTIFACTS / "backups-page.png"))
             section.locator(f'tr[data-restore-for="{real.backup_id}"] summary').click()
-            expect(section.locator(f'pre[id="stock-{real.backup_id}"]')).to_contain_text(
-                "pg_restore --no-owner"
-            )
+            # A set made today records its locale and roles: the recipe restores it as it was.
+            stock = section.locator(f'pre[id="stock-{real.backup_id}"]')
+            expect(stock).to_contain_text(f"-v db=restored_{TARGET} -f globals.sql")
+            expect(stock).not_to_contain_text("--no-owner")
             page.screenshot(path=str(ARTIFACTS / "restore-commands.png"))
 
             row(real.backup_id).locator("a.run-link").click()
@@ -250,6 +255,11 @@ def test_backups_page_in_the_airflow_ui(airflow_stack: Stack, shown):
             assert run_id in unquote(page.url), page.url
             expect(page.get_by_text(run_id).first).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "backup-run.png"))
+        except Exception:
+            opened = [p for context in browser.contexts for p in context.pages]
+            for i, open_page in enumerate(opened):
+                open_page.screenshot(path=str(ARTIFACTS / f"failed-{i}.png"))
+            raise
         finally:
             browser.close()
     assert (ARTIFACTS / "backups-page.png").stat().st_size > 10_000
