@@ -1,0 +1,152 @@
+"""Several destinations (3-2-1): two S3 servers on two ports plus a file:// directory.
+
+Each destination is its own upload task; one store down fails only its task (after its
+retries, with its own mail) and the run names it; the others hold a proven set. Once the
+store is back, the cleared upload completes the set there, verification record included,
+with no twin. The cleared task is driven with its run's own records (its XComs), as in
+``test_upload_rerun``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pg_backup.adapters.storage import open_storage
+from pg_backup.core import layout
+from pg_backup.core.manifest import Manifest, Verification
+from pg_backup.core.records import DumpResult, EncryptResult, PreflightResult
+from pg_backup.stages.destinations import upload_to
+from pg_backup.stages.runtime import Runtime
+from tests.conftest import S3Server, free_port
+from tests.integration.conftest import Harness, objects, task_states, xcoms
+from tests.integration.test_failures import SMALL_SCHEMA
+from tests.integration.test_pipeline import asset_events
+from tests.integration.test_upload_rerun import run_of
+
+NAMES = ["nas", "cloud", "offsite"]
+
+
+@pytest.fixture(scope="module")
+def second_s3() -> Iterator[S3Server]:
+    """A second moto S3 server on its own port (the off-site store)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    s3 = S3Server(port=port, server=server, endpoint=f"http://127.0.0.1:{port}")
+    s3.start()
+    os.environ["AIRFLOW_CONN_PGB_TEST_AWS2"] = s3.conn_json()
+    yield s3
+    server.stop()
+
+
+def three_destinations(h: Harness, second: S3Server, tmp_path: Any) -> Any:
+    """nas (file://), cloud (the first S3 server), offsite (the second): the target's config."""
+    assert h.s3 is not None
+    return h.write_config(
+        destinations=[
+            {"name": "nas", "url": f"file://{tmp_path / ('nas-' + h.name)}"},
+            {
+                "name": "cloud",
+                "url": f"s3://{h.s3.new_bucket()}/backups",
+                "aws_conn_id": "pgb_test_aws",
+            },
+            {
+                "name": "offsite",
+                "url": f"s3://{second.new_bucket()}/backups",
+                "aws_conn_id": "pgb_test_aws2",
+                "retention": {"daily": 2},
+            },
+        ]
+    )
+
+
+def the_set(cfg: Any, name: str) -> tuple[str, Manifest, Verification | None]:
+    """The one set in a destination: its prefix, manifest and verification record (if any)."""
+    store = open_storage(cfg.destination(name))
+    manifests = [k for k in objects(store) if k.endswith(layout.MANIFEST_OBJECT)]
+    assert len(manifests) == 1, (name, manifests)  # one set: never a twin
+    prefix = manifests[0][: -len(layout.MANIFEST_OBJECT)]
+    manifest = Manifest.from_bytes(store.get_bytes(manifests[0]))
+    key = prefix + layout.VERIFICATION_OBJECT
+    record = Verification.from_bytes(store.get_bytes(key)) if store.exists(key) else None
+    return prefix, manifest, record
+
+
+def test_every_destination_holds_the_proven_set(harness_factory, second_s3, tmp_path):
+    """One upload task per destination; each holds the same set, its manifest and the one verification record naming all three."""
+    h = harness_factory("s3", schema=SMALL_SCHEMA)
+    cfg = three_destinations(h, second_s3, tmp_path)
+    run = h.run()
+    states = task_states(run)
+    assert set(states.values()) == {"success"}, states
+    assert {f"upload_{n}" for n in NAMES} <= set(states) and "upload" not in states
+    hashes = set()
+    for name in NAMES:
+        _, manifest, record = the_set(cfg, name)
+        assert manifest.destination == name and manifest.destinations == NAMES
+        assert record is not None and record.status == "verified"
+        assert record.held_by == NAMES
+        hashes.add(manifest.data.sha256)
+    assert len(hashes) == 1  # the same bytes everywhere
+    (event,) = asset_events(run)
+    assert event["destinations"] == NAMES and event["verification"] == "verified"
+    assert not [p for p in h.staging_dir.rglob("*") if p.is_file()]
+
+
+def test_one_store_down_fails_only_its_task_and_a_clear_completes_it(
+    harness_factory, second_s3, tmp_path, smtp_sink
+):
+    """Off-site down: its task fails after retries with its own mail, the run names it, the others hold a verified set; back up, the cleared upload completes it there with its record and no twin."""
+    h = harness_factory("s3", schema=SMALL_SCHEMA)
+    cfg = three_destinations(h, second_s3, tmp_path)
+    smtp_sink.clear()
+    second_s3.stop()
+    try:
+        run = h.run()
+    finally:
+        second_s3.start()
+    states = task_states(run)
+    assert states["upload_offsite"] == "failed", states
+    assert states["check_destinations"] == "failed", states
+    assert states["upload_nas"] == states["upload_cloud"] == states["verify"] == "success"
+    assert str(run.state) == "failed"
+    subjects = [str(m["Subject"]) for m in smtp_sink.messages]
+    assert len([s for s in subjects if ".upload_offsite " in s + " "]) == 1, subjects
+    assert not [s for s in subjects if "upload_nas" in s or "upload_cloud" in s], subjects
+    run_mail = next(m for m in smtp_sink.messages if "check_destinations" in str(m["Subject"]))
+    assert "offsite" in smtp_sink.text(run_mail) and "upload_offsite" in smtp_sink.text(run_mail)
+    for name in ("nas", "cloud"):
+        _, manifest, record = the_set(cfg, name)
+        assert record is not None and record.status == "verified"
+        assert record.held_by == ["nas", "cloud"]
+    assert not objects(open_storage(cfg.destination("offsite")))
+    assert [p for p in h.staging_dir.rglob("*") if p.is_file()]  # kept for the clear
+
+    # The store is back: the cleared upload task runs with its run's records.
+    values = xcoms(run)
+    rt = Runtime(cfg, run_of(h, manifest))
+
+    def clear_upload() -> Any:
+        return upload_to(
+            rt,
+            "offsite",
+            DumpResult.from_xcom(values["dump"]),
+            EncryptResult.from_xcom(values["encrypt"]),
+            source=PreflightResult.from_xcom(values["preflight"]).source,
+            verified=Verification.model_validate(values["verify"]),
+        )
+
+    result = clear_upload()
+    assert result.destination == "offsite"
+    prefix, stored, record = the_set(cfg, "offsite")
+    assert stored.backup_id == manifest.backup_id and stored.destination == "offsite"
+    assert record is not None and record.status == "verified"
+    assert record.held_by == NAMES
+    before = objects(open_storage(cfg.destination("offsite")))
+    clear_upload()  # cleared again: nothing new, nothing twice
+    assert objects(open_storage(cfg.destination("offsite"))) == before
