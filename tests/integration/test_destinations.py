@@ -9,8 +9,10 @@ with no twin. The cleared task is driven with its run's own records (its XComs),
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +23,10 @@ from pg_backup.core.manifest import Manifest, Verification
 from pg_backup.core.records import DumpResult, EncryptResult, PreflightResult
 from pg_backup.stages.destinations import upload_to
 from pg_backup.stages.runtime import Runtime
-from tests.conftest import S3Server, free_port
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, S3Server, free_port, psql
 from tests.integration.conftest import Harness, objects, task_states, xcoms
-from tests.integration.test_failures import SMALL_SCHEMA
+from tests.integration.test_cli import cli_in_process
+from tests.integration.test_failures import SMALL_SCHEMA, flip_byte
 from tests.integration.test_pipeline import asset_events
 from tests.integration.test_upload_rerun import run_of
 
@@ -150,3 +153,54 @@ def test_one_store_down_fails_only_its_task_and_a_clear_completes_it(
     before = objects(open_storage(cfg.destination("offsite")))
     clear_upload()  # cleared again: nothing new, nothing twice
     assert objects(open_storage(cfg.destination("offsite"))) == before
+
+
+def test_restore_falls_back_past_a_corrupt_destination(
+    harness_factory, second_s3, tmp_path, capsys, age_keys
+):
+    """`list` names the holders; a corrupt object in the first destination makes `restore` fall back to the next and say so; `--from` pins one."""
+    h = harness_factory("s3", schema=SMALL_SCHEMA)
+    cfg = three_destinations(h, second_s3, tmp_path)
+    run = h.run()
+    assert set(task_states(run).values()) == {"success"}, task_states(run)
+    _, manifest, _ = the_set(cfg, "nas")
+    backup = manifest.backup_id
+    env = {
+        "AIRFLOW_CONN_PG_BACKUP_AGE_IDENTITY": json.dumps(
+            {"conn_type": "generic", "password": age_keys.secret}
+        )
+    }
+
+    listed = cli_in_process(h, capsys, "list", h.name, env=env)
+    assert listed.returncode == 0, listed.stderr
+    (line,) = [ln for ln in listed.stdout.splitlines() if ln.startswith(backup)]
+    assert line.endswith("nas, cloud, offsite"), listed.stdout
+
+    flip_byte(Path(cfg.destination("nas").url[len("file://") :]) / manifest.data.key)
+    into = f"pgbt_from_{h.name}"
+    try:
+        done = cli_in_process(
+            h,
+            capsys,
+            "restore",
+            h.name,
+            backup,
+            "--into",
+            f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={into}",
+            env=env,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        fallback = [ln for ln in done.stdout.splitlines() if ln.startswith("fallback")]
+        assert len(fallback) == 1 and "destination nas" in fallback[0], done.stdout
+        assert "does not match its manifest" in fallback[0] and "trying cloud" in fallback[0]
+        assert "from      destination cloud" in done.stdout
+    finally:
+        psql(f'DROP DATABASE IF EXISTS "{into}" WITH (FORCE)')
+
+    pinned = cli_in_process(h, capsys, "verify", h.name, backup, "--from", "nas", env=env)
+    assert pinned.returncode == 2 and "does not match its manifest" in pinned.stderr
+    assert "fallback" not in pinned.stdout
+    other = cli_in_process(h, capsys, "verify", h.name, backup, "--from", "offsite", env=env)
+    assert other.returncode == 0 and "intact in destination offsite" in other.stdout, other
+    unknown = cli_in_process(h, capsys, "verify", h.name, backup, "--from", "tape", env=env)
+    assert unknown.returncode == 2 and "use one of nas, cloud, offsite" in unknown.stderr

@@ -9,13 +9,14 @@ same record there itself, so every copy ends up vouched for without a second res
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from pg_backup.adapters import catalog_index
-from pg_backup.adapters.storage import retain_until
+from pg_backup.adapters.storage import Storage, open_storage, retain_until
 from pg_backup.core import layout
-from pg_backup.core.errors import PgBackupError, StorageError
+from pg_backup.core.config import TargetConfig
+from pg_backup.core.errors import PgBackupError, SetUnavailable, StorageError
 from pg_backup.core.manifest import Emergency, SourceIdentity, Verification
 from pg_backup.core.names import upload_task_id
 from pg_backup.core.records import DumpResult, EncryptResult, UploadResult
@@ -146,3 +147,42 @@ def check_held(rt: Runtime, uploads: dict[str, Any]) -> list[str]:
             "verification record"
         )
     return held
+
+
+T = TypeVar("T")
+
+
+def from_destinations(
+    cfg: TargetConfig,
+    backup_id: str,
+    attempt: Callable[[Storage], T],
+    from_name: str | None = None,
+    say: Callable[[str], None] = log.info,
+) -> tuple[str, T]:
+    """Run ``attempt`` on the first destination that can give the set back; fall back in order.
+
+    A destination that cannot be reached, holds no complete set, or gives an object that
+    fails its hash (``StorageError``, ``SetUnavailable``) is skipped with one line saying so;
+    any other error (a wrong key, a refused restore) is raised at once.
+
+    :param from_name: only this destination (``--from``), no fallback
+    :returns: (the destination used, what ``attempt`` returned)
+    :raises ConfigError: no such destination
+    :raises StorageError | SetUnavailable: every destination tried failed (the last one's
+        error; the lines said before name each)
+    """
+    names = [cfg.destination(from_name).name] if from_name else [d.name for d in cfg.destinations]
+    for index, name in enumerate(names):
+        store = open_storage(cfg.destination(name))
+        try:
+            result = attempt(store)
+        except (StorageError, SetUnavailable) as exc:
+            if index + 1 == len(names):
+                raise
+            say(
+                f"fallback  destination {name} cannot give {backup_id} back ({exc.summary}): "
+                f"trying {names[index + 1]}"
+            )
+            continue
+        return name, result
+    raise AssertionError("unreachable: a target has at least one destination")
