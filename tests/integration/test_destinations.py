@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,52 @@ def test_restore_falls_back_past_a_corrupt_destination(
     assert other.returncode == 0 and "intact in destination offsite" in other.stdout, other
     unknown = cli_in_process(h, capsys, "verify", h.name, backup, "--from", "tape", env=env)
     assert unknown.returncode == 2 and "use one of nas, cloud, offsite" in unknown.stderr
+
+
+def _drill(h: Harness, conf: dict[str, Any] | None = None) -> Any:
+    from pg_backup.dags.drill import build_drill_dag
+
+    cfg = h.write_config()
+    h._clock += timedelta(hours=1)
+    return build_drill_dag(cfg).test(run_after=h._clock, logical_date=h._clock, run_conf=conf)
+
+
+def _drill_report(cfg: Any, name: str, h: Harness) -> list[dict[str, Any]]:
+    store = open_storage(cfg.destination(name))
+    return [json.loads(store.get_bytes(o.key)) for o in store.list(f"{h.name}/drills/")]
+
+
+def test_drill_per_destination_names_the_one_it_used(
+    harness_factory, second_s3, tmp_path, age_keys, smtp_sink
+):
+    """The drill restores from the destination asked (or the next in turn) and says which; on a corrupt copy it fails naming that destination; `all` hash-checks every copy."""
+    h = harness_factory("s3", schema=SMALL_SCHEMA)
+    os.environ["AIRFLOW_CONN_PGB_TEST_IDENTITY"] = json.dumps(
+        {"conn_type": "generic", "password": age_keys.secret}
+    )
+    three_destinations(h, second_s3, tmp_path)
+    cfg = h.write_config(encryption={"identity_conn_id": "pgb_test_identity"})
+    assert set(task_states(h.run()).values()) == {"success"}
+    _, manifest, _ = the_set(cfg, "nas")
+
+    smtp_sink.clear()
+    run = _drill(h, {"destination": "offsite"})
+    assert set(task_states(run).values()) == {"success"}, task_states(run)
+    (report,) = _drill_report(cfg, "offsite", h)
+    assert report["destination"] == "offsite" and report["outcome"] == "passed"
+    assert any(" from offsite " in str(m["Subject"]) for m in smtp_sink.messages)
+
+    flip_byte(Path(cfg.destination("nas").url[len("file://") :]) / manifest.data.key)
+    run = _drill(h, {"destination": "nas"})
+    assert task_states(run)["fetch"] == "failed"
+    (report,) = _drill_report(cfg, "nas", h)
+    assert report["destination"] == "nas" and report["outcome"] != "passed"
+    assert "destination nas" in json.dumps(report), report
+
+    # all: restored from cloud, every other copy hash-checked; the corrupt one is named.
+    h.write_config(drill={"destinations": "all"})
+    run = _drill(h, {"destination": "cloud"})
+    assert task_states(run)["fetch"] == "failed"
+    (report,) = _drill_report(cfg, "cloud", h)
+    assert report["destination"] == "cloud" and report["checked_in"] == ["nas", "offsite"]
+    assert "destination nas" in json.dumps(report) and "does not match" in json.dumps(report)

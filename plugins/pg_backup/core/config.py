@@ -337,6 +337,10 @@ class DrillConfig(_Model):
     standby_conn_id: ConnId | None = Field(
         None, description="postgres connection to the standby server drills restore onto"
     )
+    # Targets with several destinations: "rotate" restores from one destination per drill, in
+    # turn (week by week); "all" also fetches every other destination's copy and checks its
+    # hash (the same bytes as the copy restored and proven).
+    destinations: Literal["rotate", "all"] = "rotate"
 
 
 class EmergencyConfig(_Model):
