@@ -254,3 +254,51 @@ def test_drill_per_destination_names_the_one_it_used(
     (report,) = _drill_report(cfg, "cloud", h)
     assert report["destination"] == "cloud" and report["checked_in"] == ["nas", "offsite"]
     assert "destination nas" in json.dumps(report) and "does not match" in json.dumps(report)
+
+
+def test_sweep_and_freshness_per_destination(harness_factory, tmp_path, smtp_sink):
+    """Two directories with their own policies: each keeps exactly its own plan; the stale one alone fails its freshness check and its mail names it."""
+    from pg_backup.core.retention import plan_retention
+    from pg_backup.stages.sweep import policy_of
+    from tests.integration.fake_sets import daily_history
+    from tests.integration.test_sweep import AS_OF, day, mail_subjects, ours, run_sweep, set_keys
+
+    h = harness_factory("file", schema="")
+    rails = {"min_verified": 1, "max_delete_fraction": 1.0, "freshness": "26h"}
+    h.write_config(
+        destinations=[
+            {
+                "name": "nas",
+                "url": f"file://{tmp_path / 'sw-nas'}",
+                "retention": {"daily": 3, "weekly": 0, "monthly": 0, **rails},
+            },
+            {
+                "name": "offsite",
+                "url": f"file://{tmp_path / 'sw-off'}",
+                "retention": {"daily": 5, "weekly": 2, "monthly": 0, **rails},
+            },
+        ]
+    )
+    cfg = ours(h).write_config()
+    stores = {n: open_storage(cfg.destination(n)) for n in ("nas", "offsite")}
+    history = {
+        "nas": daily_history(stores["nas"].put_bytes, h.name, day(3, 15, 2), 20),
+        "offsite": daily_history(stores["offsite"].put_bytes, h.name, day(3, 12, 2), 20),
+    }
+    smtp_sink.clear()
+    run = run_sweep(h)
+    states = task_states(run)
+    assert states["offsite.check_freshness"] == "failed", states
+    assert states["nas.check_freshness"] == "success", states
+    assert all(s == "success" for t, s in states.items() if not t.endswith("check_freshness"))
+    assert mail_subjects(smtp_sink) == [
+        f"[pg-backup] no verified backup of {h.name} in destination offsite since 2026-03-12 02:00 UTC"
+    ]
+    for name, sets in history.items():
+        expected = plan_retention(
+            [s.backup_set() for s in sets], policy_of(cfg.for_destination(name)), AS_OF
+        )
+        kept = {d.backup.backup_id for d in expected.decisions if d.keep}
+        left = {k.split("/")[-2] for k in set_keys(stores[name], h.name)}
+        assert left == kept, name
+    assert len({k.split("/")[-2] for k in set_keys(stores["nas"], h.name)}) == 3
