@@ -48,6 +48,7 @@ def test_one_upload_task_per_destination_and_a_check_that_names_the_missing(mult
         assert dag.get_task("create_scratch_db").trigger_rule == "all_done_min_one_success"
         check = dag.get_task("check_destinations")
         assert check.trigger_rule == "all_done" and check.upstream_task_ids == uploads
+        assert check.retries == 0  # it reads recorded results: a retry changes nothing
         assert not check.downstream_task_ids  # a leaf: its failure fails the run
         assert not uploads & dag.get_task("verify").upstream_task_ids  # reached through restore
 

@@ -252,3 +252,47 @@ def test_each_destination_keeps_exactly_its_own_plan(
         assert len([s for s in verified if s.backup_id not in deleted]) >= min(
             retention["min_verified"], len(verified)
         )
+
+
+# --- the run's view of its destinations ---------------------------------------------------
+
+
+def test_check_names_each_destination_without_the_set_and_the_task_to_clear() -> None:
+    """check_destinations fails naming the missing destination, its task and who holds the set."""
+    from pg_backup.core import layout
+    from pg_backup.core.errors import StorageError
+    from pg_backup.core.records import UploadResult
+    from pg_backup.stages.destinations import check_held, holders
+
+    cfg = target(
+        {"destinations": [{"name": "nas", "url": "file:///a"}, {"name": "off", "url": "file:///b"}]}
+    )
+    run = layout.RunInfo(
+        target="voting",
+        kind="scheduled",
+        backup_id="voting_20260101T020000Z_scheduled",
+        taken_at="2026-01-01T02:00:00+00:00",
+        dag_id="pg_backup_voting",
+        run_id="scheduled__2026-01-01T02:00:00+00:00",
+        staging="/tmp/none",
+    )
+    done = UploadResult(
+        location="file:///a/x", data_bytes=1, data_sha256="0" * 64, destination="nas"
+    )
+    assert check_held(Runtime(cfg, run), {"nas": done.to_xcom(), "off": done.to_xcom()}) == [
+        "nas",
+        "off",
+    ]
+    with pytest.raises(StorageError) as info:
+        check_held(Runtime(cfg, run), {"nas": done.to_xcom(), "off": None})
+    message = str(info.value)
+    for needle in (
+        "not in destination(s) off",
+        "upload_off failed",
+        "held by: nas",
+        "clear upload_off",
+    ):
+        assert needle in message, message
+    assert holders([None, done]) == [done]
+    with pytest.raises(StorageError, match="no destination holds the set"):
+        holders([None, None])

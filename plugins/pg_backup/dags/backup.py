@@ -216,7 +216,8 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
             return upload
 
-        @side_task(CHECK_DESTINATIONS, trigger_rule="all_done")
+        # Retries could not change what it reads: the uploads' recorded results.
+        @side_task(CHECK_DESTINATIONS, trigger_rule="all_done", retries=0)
         def check_destinations(**context: Any) -> list[str]:
             from pg_backup.stages.destinations import check_held
 

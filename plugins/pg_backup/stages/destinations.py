@@ -27,8 +27,17 @@ log = logging.getLogger(__name__)
 
 
 def holders(uploads: Sequence[UploadResult | None]) -> list[UploadResult]:
-    """The uploads that completed (a failed upload task leaves no result), in config order."""
-    return [u for u in uploads if u is not None]
+    """The uploads that completed (a failed upload task leaves no result), in config order.
+
+    :raises StorageError: none completed: no destination holds the set
+    """
+    done = [u for u in uploads if u is not None]
+    if not done:
+        raise StorageError(
+            "no destination holds the set: every upload task failed (their mails say why). "
+            "Clear one once its destination answers, then this task"
+        )
+    return done
 
 
 def with_holders(record: Verification, uploads: Sequence[UploadResult]) -> Verification:
