@@ -302,3 +302,29 @@ def test_sweep_and_freshness_per_destination(harness_factory, tmp_path, smtp_sin
         left = {k.split("/")[-2] for k in set_keys(stores[name], h.name)}
         assert left == kept, name
     assert len({k.split("/")[-2] for k in set_keys(stores["nas"], h.name)}) == 3
+
+
+def test_preflight_names_a_destination_down_and_fails_only_when_all_are(harness_factory, tmp_path):
+    """The first destination down does not stop the run at preflight (its upload fails alone); none writable does, naming each."""
+    from pg_backup.core.errors import PreflightError
+    from pg_backup.stages.preflight import Preflight
+
+    h = harness_factory("file", schema="")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a directory should be\n")
+    cfg = h.write_config(
+        destinations=[
+            {"name": "down", "url": f"file://{blocked}/down"},
+            {"name": "nas", "url": f"file://{tmp_path / 'pf-nas'}"},
+        ]
+    )
+    detail = Preflight(Runtime(cfg)).storage()
+    assert detail.startswith("writable: nas; NOT writable: down (cannot write to"), detail
+    cfg = h.write_config(
+        destinations=[
+            {"name": "down", "url": f"file://{blocked}/down"},
+            {"name": "also", "url": f"file://{blocked}/also"},
+        ]
+    )
+    with pytest.raises(PreflightError, match=r"no destination is writable: down \(.*; also \("):
+        Preflight(Runtime(cfg)).storage()
