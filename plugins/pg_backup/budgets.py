@@ -17,7 +17,7 @@ from airflow.listeners import hookimpl
 
 from pg_backup.adapters.notify import run_url, send_mail
 from pg_backup.core.config import Config, TargetConfig, load_config
-from pg_backup.core.names import Stage, backup_dag_targets
+from pg_backup.core.names import backup_dag_targets, stage_of_task
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ def over_budget(
     cfg: TargetConfig, task_id: str, started: datetime | None, ended: datetime
 ) -> tuple[str, timedelta, timedelta] | None:
     """(stage, took, budget) when the task is a budgeted stage that took longer than its budget."""
-    if task_id not in {s.value for s in Stage} or started is None:
+    stage = stage_of_task(task_id)
+    if stage is None or started is None:
         return None
-    stage = Stage(task_id)
     took = ended - started
     budget = cfg.budgets.of(stage)
     return (stage.value, took, budget) if took > budget else None
@@ -104,7 +104,7 @@ def emit_duration(task_instance: Any, ended: datetime) -> None:
     OpenTelemetry, whichever the deployment configured; nothing when neither is).
     """
     cfg = target_of(task_instance.dag_id, _config())
-    if cfg is None or task_instance.task_id not in {s.value for s in Stage}:
+    if cfg is None or stage_of_task(task_instance.task_id) is None:
         return
     if task_instance.start_date is None:
         return

@@ -89,6 +89,8 @@ def _list(args: argparse.Namespace) -> int:
     from pg_backup.adapters.storage import open_storage
 
     cfg = _load_target(args)
+    if cfg.multi_destination:
+        return _list_destinations(cfg)
     store = open_storage(cfg.storage)
     found = inventory(store, cfg.name, cfg.encryption.own_keys)
     drilled: dict[str, str] = {}
@@ -116,6 +118,39 @@ def _list(args: argparse.Namespace) -> int:
         )
     print(f"{len(found.sets)} set(s) in {store.url}")
     return 0
+
+
+def _list_destinations(cfg: Any) -> int:
+    """``pg-backup list`` of a target with several destinations: which of them hold each set."""
+    from pg_backup.adapters.catalog import inventory
+    from pg_backup.adapters.storage import open_storage
+    from pg_backup.core.errors import PgBackupError
+
+    sets: dict[str, Any] = {}
+    held: dict[str, list[str]] = {}
+    unreachable = 0
+    for dest in cfg.destinations:
+        try:
+            found = inventory(open_storage(dest), cfg.name, cfg.encryption.own_keys)
+        except PgBackupError as exc:
+            unreachable += 1
+            print(f"destination {dest.name} ({dest.url}): cannot be listed: {exc.summary}")
+            continue
+        for s in found.sets:
+            sets.setdefault(s.backup_id, s)
+            # A destination's own state of the set, when it is not the usual verified one.
+            held.setdefault(s.backup_id, []).append(
+                dest.name if s.status == "verified" else f"{dest.name}({s.status})"
+            )
+    print(f"{'backup id':<46} {'taken (UTC)':<17} {'kind':<9} {'MB':>9}  held by")
+    for s in sorted(sets.values(), key=lambda s: s.taken_at, reverse=True):
+        print(
+            f"{s.backup_id:<46} {s.taken_at[:16].replace('T', ' '):<17} {s.kind:<9} "
+            f"{s.bytes / 1e6:>9.1f}  {', '.join(held[s.backup_id])}"
+        )
+    names = ", ".join(d.name for d in cfg.destinations)
+    print(f"{len(sets)} set(s) in {len(cfg.destinations)} destination(s): {names}")
+    return 1 if unreachable else 0
 
 
 def _catalog(args: argparse.Namespace) -> int:
@@ -174,15 +209,21 @@ def _say(line: str) -> None:
 def _verify(args: argparse.Namespace) -> int:
     import tempfile
 
+    from pg_backup.stages.destinations import from_destinations
     from pg_backup.stages.retrieve import open_set
 
     cfg = _load_target(args)
     rt = _runtime(args, cfg)
     with tempfile.TemporaryDirectory(prefix="pg-backup-verify-") as tmp:
-        manifest, _, _ = open_set(
-            rt.storage, cfg.name, args.backup_id, rt.identities, Path(tmp), _say
+        used, (manifest, _, _) = from_destinations(
+            cfg,
+            args.backup_id,
+            lambda store: open_set(store, cfg.name, args.backup_id, rt.identities, Path(tmp), _say),
+            args.from_destination,
+            _say,
         )
-    print(f"ok: {manifest.backup_id} is intact and decrypts (no restore done)")
+    where = f" in destination {used}" if cfg.multi_destination else ""
+    print(f"ok: {manifest.backup_id} is intact{where} and decrypts (no restore done)")
     return 0
 
 
@@ -235,13 +276,21 @@ def _restore(args: argparse.Namespace) -> int:
     from pg_backup.adapters.databases import Databases
     from pg_backup.core.errors import RestoreError
     from pg_backup.stages import retrieve
+    from pg_backup.stages.destinations import from_destinations
 
     cfg = _load_target(args)
     rt = _runtime(args, cfg)
     target = _restore_target(args)
     # The set's manifest records which database it came from: with the source connection down
     # or undefined, that still tells the source apart.
-    recorded = retrieve.load_manifest(rt.storage, cfg.name, args.backup_id).source
+    _, manifest = from_destinations(
+        cfg,
+        args.backup_id,
+        lambda store: retrieve.load_manifest(store, cfg.name, args.backup_id),
+        args.from_destination,
+        _say,
+    )
+    recorded = manifest.source
     databases = Databases(target.with_db("postgres"), _source_or_none(rt), recorded)
     databases.guard(target.dbname)
     if databases.exists(target.dbname) and not args.force:
@@ -252,18 +301,26 @@ def _restore(args: argparse.Namespace) -> int:
                 "restore into a new or empty database, or pass --force to drop and recreate it"
             )
     with tempfile.TemporaryDirectory(prefix="pg-backup-restore-") as tmp:
-        done = retrieve.restore_from_storage(
-            rt.storage,
+        used, done = from_destinations(
             cfg,
             args.backup_id,
-            rt.identities,
-            databases,
-            target,
-            Path(tmp),
-            args.jobs,
-            roles=args.roles,
-            say=_say,
+            lambda store: retrieve.restore_from_storage(
+                store,
+                cfg,
+                args.backup_id,
+                rt.identities,
+                databases,
+                target,
+                Path(tmp),
+                args.jobs,
+                roles=args.roles,
+                say=_say,
+            ),
+            args.from_destination,
+            _say,
         )
+    if cfg.multi_destination:
+        print(f"from      destination {used}")
     _report_restore(done)
     return 0 if done.ok else 1
 
@@ -348,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("target")
         cmd.add_argument("backup_id")
         cmd.add_argument("--identity", help="age key file (default: the identity connection)")
+        cmd.add_argument(
+            "--from",
+            dest="from_destination",
+            metavar="NAME",
+            help="only this destination (default: the first that holds the set intact, "
+            "falling back to the next)",
+        )
         cmd.set_defaults(func=func)
         if name == "restore":
             cmd.add_argument(

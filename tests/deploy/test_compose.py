@@ -547,3 +547,34 @@ def test_repository_paths_in_compose_exist(compose: dict[str, Any]) -> None:
                 assert Path(mount.host_path).is_relative_to(REPO), f"{name}: {mount.source}"
         if "build" in service:
             assert (REPO / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+
+
+# --- the second destination (3-2-1) ---------------------------------------------------------
+
+
+def test_compose_config_has_an_s3_and_a_volume_destination(config: Any) -> None:
+    """Every target writes to two destinations: the bucket s3-init makes and a directory."""
+    bucket = re.search(r"^bucket=(\S+)$", S3_INIT_SCRIPT.read_text(), re.M)
+    assert bucket
+    for cfg in config.targets.values():
+        assert cfg.multi_destination and len(cfg.destinations) == 2
+        s3 = [d for d in cfg.destinations if d.url.startswith("s3://")]
+        files = [d for d in cfg.destinations if d.url.startswith("file://")]
+        assert [d.url.split("/")[2] for d in s3] == [bucket[1]]
+        assert s3[0].aws_conn_id != s3[0].sweep_aws_conn_id  # the writer may not delete
+        assert len(files) == 1 and cfg.for_destination(files[0].name).retention.daily == 7
+
+
+def test_volume_destination_is_a_named_volume_every_task_runner_mounts(
+    compose: dict[str, Any], config: Any
+) -> None:
+    """The file:// destination lies on a declared named volume in every Airflow and CLI service, its mount point made by the image."""
+    declared = set(compose["volumes"])
+    for cfg in config.targets.values():
+        (dest,) = [d for d in cfg.destinations if d.url.startswith("file://")]
+        path = dest.url[len("file://") :]
+        for name in [*AIRFLOW_SERVICES, CLI_SERVICE]:
+            mount, inside = resolve(compose["services"][name], path)
+            assert not mount.is_bind and mount.source in declared, (name, mount)
+            assert mount.source != "pg-backup-staging" and inside == "", (name, mount)
+        assert path in DOCKERFILE.read_text()  # a new volume takes the mount point's owner

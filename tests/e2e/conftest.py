@@ -64,7 +64,14 @@ TARGETS: dict[str, dict[str, Any]] = {
     # The older sets its test writes directly (tests/integration/fake_sets.py) name a key of
     # their own; listing it as retired makes them this deployment's sets, as real ones are.
     "shown": {"alerts": {"emails": []}, "encryption": {"retired_recipients": [RECIPIENT]}},
+    # Two destinations (3-2-1), the second unreachable until its test unblocks it: the
+    # destinations are filled in by _write_config (they live under the stack's directory).
+    # No mail, so the alert tests' counts stay theirs.
+    "copies": {"alerts": {"emails": []}},
 }
+# The file that stands where the `gone` destination of target `copies` should be: until it is
+# removed, nothing can be written there.
+BLOCKED = "blocked"
 # A logged-in user with no role: may read no DAG (the page must refuse them).
 NO_ROLE_USER = "nobody"
 
@@ -340,6 +347,12 @@ def _write_config(path: Path, stack_dirs: dict[str, Path], age: AgeKeys, port: i
             for name, settings in TARGETS.items()
         },
     }
+    blocked = stack_dirs["storage"].parent / BLOCKED
+    blocked.write_text("a file where a directory should be: the destination is down\n")
+    doc["targets"]["copies"]["destinations"] = [
+        {"name": "nas", "url": f"file://{stack_dirs['storage']}"},
+        {"name": "gone", "url": f"file://{blocked}/gone"},
+    ]
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 

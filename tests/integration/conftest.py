@@ -85,7 +85,10 @@ class Harness:
             "max_retry_delay": "2s",
             "alerts": {"emails": ["dba@test.invalid"], "smtp_conn_id": "pgb_test_smtp"},
         }
-        return {"targets": {self.name: _merge(target, self.overrides)}}
+        merged = _merge(target, self.overrides)
+        if "destinations" in self.overrides:  # several destinations replace the one storage
+            merged.pop("storage")
+        return {"targets": {self.name: merged}}
 
     def write_config(self, **overrides: Any) -> Any:
         from pg_backup.core.config import load_config

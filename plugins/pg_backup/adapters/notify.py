@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 from typing import Any
 
@@ -32,7 +33,9 @@ def _redacting_notifier() -> Any:
                 context = dict(args[0])
                 context["exception"] = redact(str(context["exception"]))
                 args = (context,)
-            super().__call__(*args)
+            # Rendering writes the templates' results into the notifier: render a copy, or a
+            # second task failing in the same process (dag.test) is mailed as the first.
+            SmtpNotifier.__call__(copy.copy(self), *args)
 
     return RedactingSmtpNotifier
 

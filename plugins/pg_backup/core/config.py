@@ -25,7 +25,7 @@ from pydantic import (
 
 from pg_backup.core.errors import ConfigError
 from pg_backup.core.keys import check_recipient
-from pg_backup.core.names import Stage, dag_ids
+from pg_backup.core.names import DEFAULT_DESTINATION, Stage, dag_ids
 from pg_backup.core.params import KEEP_DAYS_MAX, KEEP_DAYS_MIN
 from pg_backup.core.redact import redact, secret_kind
 
@@ -152,6 +152,9 @@ class StorageConfig(_Model):
                 raise ValueError("a file:// URL needs an absolute path, like file:///srv/pg_backup")
             return value.rstrip("/") if path != "/" else value
         raise ValueError("must start with s3:// or file://")
+
+
+DESTINATION_NAME = re.compile(r"[a-z][a-z0-9_]{0,23}")
 
 
 class DumpConfig(_Model):
@@ -294,6 +297,27 @@ class RetentionConfig(_Model):
         return value
 
 
+class DestinationConfig(StorageConfig):
+    """One of a target's destinations (3-2-1): where a copy of every set goes, and its retention.
+
+    ``retention`` left out means the target's own ``retention``; keys given here override it
+    key by key (``parse_config`` merges them).
+    """
+
+    name: str = Field(description="names its upload task (upload_<name>) and `--from NAME`")
+    retention: RetentionConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not DESTINATION_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a destination name: use 1-24 characters of a-z, 0-9 and _, "
+                "starting with a letter (it becomes the task id upload_<name>)"
+            )
+        return value
+
+
 class CheckConfig(_Model):
     """An invariant the restored database must satisfy: SQL returning true, or no rows."""
 
@@ -313,6 +337,10 @@ class DrillConfig(_Model):
     standby_conn_id: ConnId | None = Field(
         None, description="postgres connection to the standby server drills restore onto"
     )
+    # Targets with several destinations: "rotate" restores from one destination per drill, in
+    # turn (week by week); "all" also fetches every other destination's copy and checks its
+    # hash (the same bytes as the copy restored and proven).
+    destinations: Literal["rotate", "all"] = "rotate"
 
 
 class EmergencyConfig(_Model):
@@ -327,7 +355,10 @@ class TargetConfig(_Model):
     name: str
     source_conn_id: ConnId
     scratch_conn_id: ConnId
-    storage: StorageConfig
+    # Either one ``storage:`` block (one destination, named ``default``) or ``destinations:``.
+    # After validation both are set: ``storage`` is the first destination.
+    storage: StorageConfig = Field(None, validate_default=False)  # type: ignore[assignment]
+    destinations: list[DestinationConfig] = Field(default_factory=list)
     encryption: EncryptionConfig
     schedule: Cron = "0 2 * * *"
     owner: str = "dba"
@@ -380,6 +411,71 @@ class TargetConfig(_Model):
                     f"({timeout}): the budget warns by mail, the timeout kills the stage"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _one_storage_form(self) -> TargetConfig:
+        given = self.model_fields_set
+        if "storage" in given and "destinations" in given:
+            raise ValueError(
+                "storage and destinations are both set: keep one. storage: is one destination; "
+                "for several, move its settings into an entry of destinations: (with a name:)"
+            )
+        if "destinations" in given:
+            if not self.destinations:
+                raise ValueError(
+                    "destinations is empty: add at least one, like "
+                    "[{name: nas, url: 'file:///srv/pg_backup'}]"
+                )
+            seen: set[str] = set()
+            for index, dest in enumerate(self.destinations):
+                if dest.name in seen:
+                    raise ValueError(
+                        f"destinations[{index}].name {dest.name!r} is used twice: give every "
+                        "destination its own name"
+                    )
+                seen.add(dest.name)
+            # Frozen model: fill the derived field once, here.
+            object.__setattr__(self, "storage", self.destinations[0])
+        elif self.storage is None:
+            raise ValueError(
+                "storage is missing: add storage: {url: ...} (one destination) or "
+                "destinations: [...] (several; see dags/pg_backup.example.yaml)"
+            )
+        else:
+            only = DestinationConfig(name=DEFAULT_DESTINATION, **self.storage.model_dump())
+            object.__setattr__(self, "destinations", [only])
+        return self
+
+    @property
+    def multi_destination(self) -> bool:
+        """True when the target names its destinations (``destinations:``), even just one."""
+        return len(self.destinations) > 1 or self.destinations[0].name != DEFAULT_DESTINATION
+
+    def destination(self, name: str) -> DestinationConfig:
+        """One destination by name.
+
+        :raises ConfigError: no such destination (the message lists those there are)
+        """
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations)
+        raise ConfigError(f"target {self.name!r} has no destination {name!r}: use one of {known}")
+
+    def for_destination(self, name: str) -> TargetConfig:
+        """The target as if ``name`` were its only storage, with that destination's retention.
+
+        Every stage written for one storage (upload, sweep, drill, restore) runs per
+        destination through it.
+        """
+        dest = self.destination(name)
+        return self.model_copy(
+            update={
+                "storage": dest,
+                "destinations": [dest],
+                "retention": dest.retention or self.retention,
+            }
+        )
 
     @model_validator(mode="after")
     def _distinct_conns(self) -> TargetConfig:
@@ -493,6 +589,7 @@ def parse_config(raw: Any, path: str = "<config>") -> Config:
             problems.append(f"targets.{name}: must be a mapping of settings")
             continue
         data = _merge(defaults, override)
+        _one_storage_form(data, override)
         data["name"] = str(name)
         try:
             resolved[str(name)] = TargetConfig.model_validate(data)
@@ -510,6 +607,28 @@ def parse_config(raw: Any, path: str = "<config>") -> Config:
     if problems:
         raise ConfigError(f"invalid pg_backup config {path}:\n  " + "\n  ".join(problems))
     return Config(path=path, targets=resolved)
+
+
+def _one_storage_form(data: dict[str, Any], override: dict[str, Any]) -> None:
+    """A target's own storage form wins over the other form in defaults; merge retentions.
+
+    A destination's ``retention`` overrides the target's key by key, so ``{daily: 14}`` keeps
+    the target's weekly, monthly and rails.
+    """
+    if "destinations" in override and "storage" not in override:
+        data.pop("storage", None)
+    if "storage" in override and "destinations" not in override:
+        data.pop("destinations", None)
+    dests = data.get("destinations")
+    raw = data.get("retention")
+    base: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    if isinstance(dests, list):
+        data["destinations"] = [
+            {**dest, "retention": _merge(base, dest["retention"])}
+            if isinstance(dest, dict) and isinstance(dest.get("retention"), dict)
+            else dest
+            for dest in dests
+        ]
 
 
 def _dag_id_clashes(names: list[str]) -> list[str]:

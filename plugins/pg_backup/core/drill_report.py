@@ -220,8 +220,9 @@ def report_mail(doc: dict[str, Any], link: str) -> tuple[str, str]:
     passed = doc["outcome"] == "passed"
     rto = doc["rto_objective_seconds"]
     worst = max((b["rto_seconds"] for b in doc["backups"]), default=0.0)
+    source = f" from {doc['destination']}" if doc.get("destination") else ""
     subject = (
-        f"[pg-backup] restore drill {'passed' if passed else 'FAILED'}: {doc['target']} "
+        f"[pg-backup] restore drill {'passed' if passed else 'FAILED'}: {doc['target']}{source} "
         f"({len(doc['backups'])} backup(s), RTO {worst:.0f}s of {rto:.0f}s)"
     )
     table = format_report_table(doc["backups"], rto) if doc["backups"] else "(nothing drilled)"
@@ -245,7 +246,18 @@ def report_mail(doc: dict[str, Any], link: str) -> tuple[str, str]:
     body = (
         f"<p>Restore drill of <b>{html.escape(doc['target'])}</b>: "
         f"<b>{'passed' if passed else 'FAILED'}</b>.</p>"
-        f"<pre>{html.escape(table)}</pre>"
+        + (
+            f"<p>From destination <b>{html.escape(doc['destination'])}</b>"
+            + (
+                f"; copies hash-checked in {html.escape(', '.join(doc['checked_in']))}"
+                if doc.get("checked_in")
+                else ""
+            )
+            + ".</p>"
+            if doc.get("destination")
+            else ""
+        )
+        + f"<pre>{html.escape(table)}</pre>"
         + (f"<p>Problems:</p><pre>{html.escape(chr(10).join(problems))}</pre>" if problems else "")
         + f"<p>Seed {doc['seed']} (trigger with it to repeat the pick). "
         f'Run: <a href="{link}">{link}</a></p>'

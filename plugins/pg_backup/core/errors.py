@@ -126,6 +126,10 @@ class DrillError(PgBackupError):
     """A drill or restore step failed; the message says which object or check and why."""
 
 
+class SetUnavailable(DrillError):
+    """A destination cannot give a set back: no manifest there, or an object fails its hash."""
+
+
 class SweepRefused(PgBackupError):
     """The sweep will not delete anything: the listing or the plan looks wrong."""
 

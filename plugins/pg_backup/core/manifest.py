@@ -15,14 +15,21 @@ from pg_backup.core.dbprops import DatabaseLocale
 from pg_backup.core.names import DumpFormat, Kind
 
 FORMAT: Final = "pg_backup/1"
+# Written only for targets with several destinations: a target with one keeps its documents
+# byte for byte as they were before destinations existed.
+_ONLY_WHEN_SET: Final = ("destination", "destinations", "held_by")
 
 
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def to_bytes(self) -> bytes:
-        """Stable JSON encoding."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+        """Stable JSON encoding (fields of several destinations left out when unset)."""
+        doc = self.model_dump(mode="json")
+        for name in _ONLY_WHEN_SET:
+            if doc.get(name, 0) is None:
+                del doc[name]
+        return json.dumps(doc, indent=2, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
@@ -90,6 +97,10 @@ class Manifest(_Doc):
     globals: ObjectEntry | None = None
     # Added after pg_backup/1 was first written: sets from before hold no source identity.
     source: SourceIdentity | None = None
+    # Targets with several destinations (3-2-1): the name of the destination this copy is in,
+    # and every destination the set is sent to (each holds it once its own manifest is there).
+    destination: str | None = None
+    destinations: list[str] | None = None
 
 
 class Skipped(_Doc):
@@ -124,3 +135,6 @@ class Verification(_Doc):
     # Partition roots compared as a whole: pg_dump loads their leaves through the root.
     partition_roots: int | None = Field(None, ge=0)
     skipped: list[Skipped] | None = None
+    # Targets with several destinations: those that held the set when it was verified (the
+    # same record is written to each of them, and to a late one when its upload completes).
+    held_by: list[str] | None = None

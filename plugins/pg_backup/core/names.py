@@ -37,6 +37,29 @@ class Stage(StrEnum):
     VERIFY = "verify"
 
 
+# The one destination a plain ``storage:`` block makes; its upload task keeps the id ``upload``.
+DEFAULT_DESTINATION = "default"
+
+
+def upload_task_id(destination: str, multi: bool) -> str:
+    """``upload`` for a target with one storage, ``upload_<destination>`` with several."""
+    return f"{Stage.UPLOAD.value}_{destination}" if multi else Stage.UPLOAD.value
+
+
+# A backup DAG task of targets with several destinations only: fails the run, naming them,
+# when a destination does not hold the set.
+CHECK_DESTINATIONS = "check_destinations"
+
+
+def stage_of_task(task_id: str) -> Stage | None:
+    """The stage a backup DAG task runs (``upload_<destination>`` is an upload), else None."""
+    if task_id in {s.value for s in Stage}:
+        return Stage(task_id)
+    if task_id.startswith(f"{Stage.UPLOAD.value}_"):
+        return Stage.UPLOAD
+    return None
+
+
 class BackupTask(StrEnum):
     """The backup DAG's tasks besides its stages: the scratch database and the teardowns."""
 

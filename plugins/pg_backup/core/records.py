@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pg_backup.core.dbprops import DatabaseLocale
 from pg_backup.core.manifest import SourceIdentity
-from pg_backup.core.names import DumpFormat
+from pg_backup.core.names import DEFAULT_DESTINATION, DumpFormat
 
 
 class Record(BaseModel):
@@ -88,11 +88,12 @@ class EncryptResult(Record):
 
 
 class UploadResult(Record):
-    """Where the set went."""
+    """Where the set went: one destination (by its config name) and its location."""
 
     location: str
     data_bytes: int
     data_sha256: str
+    destination: str = DEFAULT_DESTINATION
 
 
 class RestoreResult(Record):

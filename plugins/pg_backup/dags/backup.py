@@ -15,7 +15,14 @@ from pg_backup.adapters.notify import deadline_alerts
 from pg_backup.core import params
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.layout import run_info
-from pg_backup.core.names import BackupTask, Kind, Stage, backup_dag_id
+from pg_backup.core.names import (
+    CHECK_DESTINATIONS,
+    BackupTask,
+    Kind,
+    Stage,
+    backup_dag_id,
+    upload_task_id,
+)
 from pg_backup.dags.common import BackupDAG, backup_asset, dag_settings
 
 DOC_BACKUP = """
@@ -26,7 +33,7 @@ upload (data, tables, manifest last) â†’ restore into `pgb_verify_<backup id>` â
 content and objects.
 Teardowns always drop the scratch database and clear staging (kept when a stage failed).
 
-* Storage: `{storage}`
+* Storage: {storage}
 * Source connection: `{source}`, scratch connection: `{scratch}`
 * A green run means: the set is in storage, and its dump restored with exactly the rows,
   content and objects of the snapshot (`verification.json` says what was proven). Each
@@ -52,6 +59,9 @@ TASK_DOCS = {
     Stage.UPLOAD: "Data object, tables.json.age, then manifest.json; each proven by size and "
     "checksum. A rerun keeps what storage already holds as staged (a no-op for a complete set) "
     "and withdraws nothing unless every staged file it needs is there and matches.",
+    CHECK_DESTINATIONS: "Targets with several destinations: fails the run, naming "
+    "them, when a destination does not hold the set (its upload task failed); clear that "
+    "upload task once the destination answers.",
     BackupTask.CREATE_SCRATCH_DB: "Setup: an empty pgb_verify_<backup id> database on the "
     "scratch server.",
     Stage.RESTORE: "pg_restore -j into the scratch database; any error fails with its messages.",
@@ -96,6 +106,9 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
     """``pg_backup_<target>`` (scheduled) or ``pg_backup_emergency_<target>`` (manual)."""
     emergency = kind == "emergency"
     asset = backup_asset(cfg.name)
+    multi = cfg.multi_destination
+    destinations = [d.name for d in cfg.destinations]
+    upload_ids = [upload_task_id(name, multi) for name in destinations]
     timeouts = cfg.timeouts
 
     def runtime(context: dict[str, Any]) -> Any:
@@ -114,8 +127,13 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             **kwargs,
         )
 
-    def side_task(name: BackupTask) -> Any:
-        return task(task_id=name.value, execution_timeout=timeouts.teardown, doc_md=TASK_DOCS[name])
+    def side_task(name: str, **kwargs: Any) -> Any:
+        return task(
+            task_id=str(name),
+            execution_timeout=timeouts.teardown,
+            doc_md=TASK_DOCS[name],
+            **kwargs,
+        )
 
     with BackupDAG(
         dag_id=backup_dag_id(cfg.name, kind),
@@ -123,7 +141,9 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
         params=emergency_params(cfg) if emergency else {},
         doc_md=(DOC_EMERGENCY if emergency else DOC_BACKUP).format(
             target=cfg.name,
-            storage=cfg.storage.url,
+            storage=", ".join(
+                f"`{d.name}` `{d.url}`" if multi else f"`{d.url}`" for d in cfg.destinations
+            ),
             source=cfg.source_conn_id,
             scratch=cfg.scratch_conn_id,
             asset=asset.name,
@@ -162,26 +182,57 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
                 runtime(context), StagedFile.from_xcom(compressed), dump.tables, dump.globals
             ).to_xcom()
 
-        @stage(Stage.UPLOAD)
-        def upload(
-            dumped: dict[str, Any], encrypted: dict[str, Any], checked: dict[str, Any], **context
-        ) -> dict[str, Any]:
-            from pg_backup.core.records import DumpResult, EncryptResult, PreflightResult
-            from pg_backup.stages.upload import upload_set
+        def upload_task(destination: str) -> Any:
+            @task(
+                task_id=upload_task_id(destination, multi),
+                execution_timeout=timeouts.upload,
+                doc_md=TASK_DOCS[Stage.UPLOAD]
+                + (f" Destination: `{destination}`." if multi else ""),
+            )
+            def upload(
+                dumped: dict[str, Any],
+                encrypted: dict[str, Any],
+                checked: dict[str, Any],
+                **context,
+            ) -> dict[str, Any]:
+                from pg_backup.core.manifest import Verification
+                from pg_backup.core.records import DumpResult, EncryptResult, PreflightResult
+                from pg_backup.stages.destinations import upload_to
 
-            marker = None
-            if emergency:
-                user = getattr(context["dag_run"], "triggering_user_name", None)
-                marker = params.emergency_marker(context["params"], user)
-            return upload_set(
-                runtime(context),
-                DumpResult.from_xcom(dumped),
-                EncryptResult.from_xcom(encrypted),
-                emergency=marker,
-                source=PreflightResult.from_xcom(checked).source,
-            ).to_xcom()
+                marker = None
+                if emergency:
+                    user = getattr(context["dag_run"], "triggering_user_name", None)
+                    marker = params.emergency_marker(context["params"], user)
+                verified = context["ti"].xcom_pull(task_ids=Stage.VERIFY.value) if multi else None
+                return upload_to(
+                    runtime(context),
+                    destination,
+                    DumpResult.from_xcom(dumped),
+                    EncryptResult.from_xcom(encrypted),
+                    emergency=marker,
+                    source=PreflightResult.from_xcom(checked).source,
+                    verified=Verification.model_validate(verified) if verified else None,
+                ).to_xcom()
 
-        @side_task(BackupTask.CREATE_SCRATCH_DB)
+            return upload
+
+        # Retries could not change what it reads: the uploads' recorded results.
+        @side_task(CHECK_DESTINATIONS, trigger_rule="all_done", retries=0)
+        def check_destinations(**context: Any) -> list[str]:
+            from pg_backup.stages.destinations import check_held
+
+            pulled = {
+                name: context["ti"].xcom_pull(task_ids=upload_task_id(name, multi))
+                for name in destinations
+            }
+            return check_held(runtime(context), pulled)
+
+        # One destination down fails its own upload task only: the set is still verified once
+        # the others hold it (check_destinations then fails the run, naming the one missing).
+        @side_task(
+            BackupTask.CREATE_SCRATCH_DB,
+            trigger_rule="all_done_min_one_success" if multi else "all_success",
+        )
         def create_scratch_db(dumped: dict[str, Any], **context: Any) -> str:
             from pg_backup.core.records import DumpResult
             from pg_backup.stages.restore import create_scratch_db as create
@@ -204,18 +255,23 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
         @stage(Stage.VERIFY, outlets=[asset])
         def verify(
-            dumped: dict[str, Any], restored: dict[str, Any], uploaded: dict[str, Any], **context
+            dumped: dict[str, Any], restored: dict[str, Any], uploaded: Any = None, **context
         ) -> dict[str, Any]:
             from pg_backup.core.records import DumpResult, RestoreResult, UploadResult
+            from pg_backup.stages.destinations import holders
             from pg_backup.stages.verify import asset_event, verify_restore
 
+            if multi:  # the uploads that completed: a failed one is no upstream of verify
+                pulled = [context["ti"].xcom_pull(task_ids=i) for i in upload_ids]
+                uploaded = [UploadResult.from_xcom(v) if v else None for v in pulled]
+            else:
+                uploaded = [UploadResult.from_xcom(uploaded)]
+            uploads = holders(uploaded)
             rt = runtime(context)
             record = verify_restore(
-                rt, DumpResult.from_xcom(dumped), RestoreResult.from_xcom(restored)
+                rt, DumpResult.from_xcom(dumped), RestoreResult.from_xcom(restored), uploads
             )
-            context["outlet_events"][asset].extra = asset_event(
-                rt, UploadResult.from_xcom(uploaded), record
-            )
+            context["outlet_events"][asset].extra = asset_event(rt, uploads[0], record)
             return record.model_dump(mode="json")
 
         @side_task(BackupTask.DROP_SCRATCH_DB)
@@ -228,23 +284,27 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
         def cleanup_staging(**context: Any) -> str:
             from pg_backup.stages.cleanup import cleanup_staging as cleanup
 
-            # The set is complete when its last task recorded a result.
-            last = Stage.VERIFY if verifying(context) else Stage.UPLOAD
-            return cleanup(runtime(context), bool(context["ti"].xcom_pull(task_ids=last.value)))
+            # The set is complete when its last tasks recorded a result: kept while a
+            # destination still lacks it, for its upload task to be cleared.
+            last = [*upload_ids, *([Stage.VERIFY.value] if verifying(context) else [])]
+            done = all(context["ti"].xcom_pull(task_ids=t) for t in last)
+            return cleanup(runtime(context), done)
 
         checked = preflight()
         dumped = dump()
         compressed = compress(dumped)
         encrypted = encrypt(compressed, dumped)
-        uploaded = upload(dumped, encrypted, checked)
+        uploads = [upload_task(name)(dumped, encrypted, checked) for name in destinations]
         scratch = create_scratch_db(dumped)
         restored = restore(dumped, scratch)
-        verified = verify(dumped, restored, uploaded)
+        verified = verify(dumped, restored, None if multi else uploads[0])
         dropped = drop_scratch_db().as_teardown(setups=scratch)
         cleaned = cleanup_staging().as_teardown(setups=checked)
 
         checked >> dumped
-        uploaded >> scratch
+        uploads >> scratch
+        if multi:
+            uploads >> check_destinations()
         verified >> dropped
         [verified, dropped] >> cleaned
 

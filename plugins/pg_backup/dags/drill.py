@@ -75,6 +75,20 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
             **kwargs,
         )
 
+    destination_param = (
+        {
+            "destination": Param(
+                None,
+                type=["null", "string"],
+                enum=[None, *(d.name for d in cfg.destinations)],
+                title="Destination",
+                description="Restore from this destination (empty: the next in turn).",
+            )
+        }
+        if cfg.multi_destination
+        else {}
+    )
+
     with DAG(
         dag_id=drill_dag_id(cfg.name),
         **dag_settings(cfg, "drill", cfg.drill.schedule),
@@ -94,6 +108,7 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
                 title="Seed",
                 description="Repeat an earlier drill's random pick (from its report).",
             ),
+            **destination_param,
         },
         doc_md=DOC.format(
             target=cfg.name,
@@ -109,7 +124,12 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
 
             p = context["params"]
             return drill.choose(
-                runtime(), context["dag_run"].run_id, p.get("seed"), p.get("backup_id")
+                runtime(),
+                context["dag_run"].run_id,
+                p.get("seed"),
+                p.get("backup_id"),
+                at=run_time(context),
+                destination=p.get("destination"),
             )
 
         @step(DrillTask.FETCH)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param, TaskGroup, task
 
 from pg_backup.core import params
 from pg_backup.core.config import TargetConfig
@@ -23,6 +23,8 @@ sets unless triggered with `force`, no deletes at all if the listing holds no ma
 
 Trigger with `dry_run` to see the plan (in the `plan` task's log) without deleting anything.
 `check_freshness` fails and mails when the newest verified backup is older than {freshness}.
+With several destinations each has its own group of these tasks: its own retention and its
+own freshness ("offsite has no verified set younger than 26 h" even when the NAS has one).
 """
 
 TASK_DOCS = {
@@ -39,14 +41,18 @@ TASK_DOCS = {
 }
 
 
-def freshness_callback(cfg: TargetConfig) -> Any:
-    """After the last retry of check_freshness: mail that backups are stale (None: no mail)."""
+def freshness_callback(cfg: TargetConfig, destination: str | None = None) -> Any:
+    """After the last retry of check_freshness: mail that backups are stale (None: no mail).
+
+    :param destination: the destination judged, for targets with several (named in the mail)
+    """
 
     def notify(context: dict[str, Any]) -> None:
         from pg_backup.stages.sweep import freshness_mail
 
         run = context["dag_run"]
-        freshness_mail(cfg, str(context.get("exception") or "unknown"), run.dag_id, run.run_id)
+        since = str(context.get("exception") or "unknown")
+        freshness_mail(cfg, since, run.dag_id, run.run_id, destination)
 
     return notify if cfg.alerts.emails else None
 
@@ -55,10 +61,16 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
     """``pg_retention_sweep_<target>``."""
     r = cfg.retention
 
-    def runtime() -> Any:
+    multi = cfg.multi_destination
+    destinations = [d.name for d in cfg.destinations]
+
+    def runtime(destination: str) -> Any:
         from pg_backup.stages.runtime import Runtime
 
-        return Runtime(cfg)
+        return Runtime(cfg).at(destination)
+
+    def rt_retention(destination: str) -> Any:
+        return cfg.for_destination(destination).retention
 
     def step(name: SweepTask, **kwargs: Any) -> Any:
         timeout = cfg.timeouts.upload if name == SweepTask.DELETE else cfg.timeouts.teardown
@@ -94,58 +106,81 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
         ),
     ) as dag:
 
-        @step(SweepTask.INVENTORY)
-        def inventory() -> dict[str, Any]:
-            from pg_backup.stages.sweep import take_inventory
+        def sweep(destination: str) -> None:
+            """One destination's sweep (the whole DAG when the target has one storage)."""
 
-            return take_inventory(runtime()).to_xcom()
+            @step(SweepTask.INVENTORY)
+            def inventory() -> dict[str, Any]:
+                from pg_backup.stages.sweep import take_inventory
 
-        @step(SweepTask.PLAN)
-        def plan(found: dict[str, Any], **context: Any) -> dict[str, Any]:
-            from pg_backup.adapters.catalog import Inventory
-            from pg_backup.stages.sweep import plan as make_plan
+                return take_inventory(runtime(destination)).to_xcom()
 
-            return make_plan(
-                runtime(),
-                Inventory.from_xcom(found),
-                run_time(context),
-                force=params.flag(context["params"], "force"),
+            @step(SweepTask.PLAN)
+            def plan(found: dict[str, Any], **context: Any) -> dict[str, Any]:
+                from pg_backup.adapters.catalog import Inventory
+                from pg_backup.stages.sweep import plan as make_plan
+
+                return make_plan(
+                    runtime(destination),
+                    Inventory.from_xcom(found),
+                    run_time(context),
+                    force=params.flag(context["params"], "force"),
+                )
+
+            @step(SweepTask.DELETE)
+            def delete(planned: dict[str, Any], **context: Any) -> dict[str, Any]:
+                from pg_backup.stages.sweep import delete as delete_planned
+
+                return delete_planned(
+                    runtime(destination), planned, dry_run=params.flag(context["params"], "dry_run")
+                ).to_xcom()
+
+            @step(SweepTask.HOUSEKEEPING)
+            def housekeeping(**context: Any) -> dict[str, Any]:
+                from pg_backup.stages.sweep import housekeeping as tidy
+
+                dry_run = params.flag(context["params"], "dry_run")
+                return tidy(runtime(destination), dry_run=dry_run)
+
+            @step(
+                SweepTask.CHECK_FRESHNESS,
+                on_failure_callback=freshness_callback(cfg, destination if multi else None),
             )
+            def check_freshness(found: dict[str, Any], **context: Any) -> str:
+                from pg_backup.adapters.catalog import Inventory
+                from pg_backup.stages.sweep import check_freshness as check
 
-        @step(SweepTask.DELETE)
-        def delete(planned: dict[str, Any], **context: Any) -> dict[str, Any]:
-            from pg_backup.stages.sweep import delete as delete_planned
+                return check(
+                    Inventory.from_xcom(found),
+                    run_time(context),
+                    rt_retention(destination).freshness,
+                )
 
-            return delete_planned(
-                runtime(), planned, dry_run=params.flag(context["params"], "dry_run")
-            ).to_xcom()
+            @step(SweepTask.REPORT)
+            def report(
+                planned: dict[str, Any],
+                deleted: dict[str, Any],
+                kept: dict[str, Any],
+                **context: Any,
+            ) -> str:
+                from pg_backup.stages.sweep import store_report
 
-        @step(SweepTask.HOUSEKEEPING)
-        def housekeeping(**context: Any) -> dict[str, Any]:
-            from pg_backup.stages.sweep import housekeeping as tidy
+                run_id = context["dag_run"].run_id
+                return store_report(
+                    runtime(destination), run_id, run_time(context), planned, deleted, kept
+                )
 
-            return tidy(runtime(), dry_run=params.flag(context["params"], "dry_run"))
+            found = inventory()
+            planned = plan(found)
+            deleted = delete(planned)
+            kept = housekeeping()
+            check_freshness(found)
+            report(planned, deleted, kept)
 
-        @step(SweepTask.CHECK_FRESHNESS, on_failure_callback=freshness_callback(cfg))
-        def check_freshness(found: dict[str, Any], **context: Any) -> str:
-            from pg_backup.adapters.catalog import Inventory
-            from pg_backup.stages.sweep import check_freshness as check
-
-            return check(Inventory.from_xcom(found), run_time(context), r.freshness)
-
-        @step(SweepTask.REPORT)
-        def report(
-            planned: dict[str, Any], deleted: dict[str, Any], kept: dict[str, Any], **context: Any
-        ) -> str:
-            from pg_backup.stages.sweep import store_report
-
-            run_id = context["dag_run"].run_id
-            return store_report(runtime(), run_id, run_time(context), planned, deleted, kept)
-
-        found = inventory()
-        planned = plan(found)
-        deleted = delete(planned)
-        kept = housekeeping()
-        check_freshness(found)
-        report(planned, deleted, kept)
+        if not multi:
+            sweep(cfg.destinations[0].name)
+        for name in destinations if multi else []:
+            # Each destination its own inventory, plan (its own policy), deletes and freshness.
+            with TaskGroup(group_id=name, tooltip=f"destination {name}"):
+                sweep(name)
     return dag

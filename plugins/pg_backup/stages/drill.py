@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,27 +55,78 @@ def _manifests(chosen: dict[str, Any]) -> dict[str, Manifest]:
     return {b: Manifest.model_validate(m) for b, m in chosen["manifests"].items()}
 
 
-def choose(rt: Runtime, run_id: str, seed: int | None, backup_id: str | None) -> dict[str, Any]:
+def drill_destination(rt: Runtime, at: datetime | None, asked: str | None) -> str | None:
+    """The destination this drill restores from: the one asked, else the next in turn.
+
+    In turn means by week: the drill of ISO week ``n`` (counted from year 1) uses destination
+    ``n mod count``, so a weekly drill visits each destination in order. None for a target
+    with one storage.
+
+    :raises ConfigError: ``asked`` names no destination of the target
+    """
+    if not rt.cfg.multi_destination:
+        return None
+    if asked:
+        return rt.cfg.destination(asked).name
+    names = [d.name for d in rt.cfg.destinations]
+    week = (at.date().toordinal() // 7) if at is not None else 0
+    return names[week % len(names)]
+
+
+def source_of(rt: Runtime, chosen: dict[str, Any] | None) -> Runtime:
+    """The runtime of the destination the drill restores from (``rt`` with one storage)."""
+    name = (chosen or {}).get("destination")
+    return rt.at(name) if name else rt
+
+
+def choose(
+    rt: Runtime,
+    run_id: str,
+    seed: int | None,
+    backup_id: str | None,
+    at: datetime | None = None,
+    destination: str | None = None,
+) -> dict[str, Any]:
     """Pick the sets to drill; the seed defaults to one derived from the run id (recorded).
 
     Never fails for want of a set: what could not be chosen, and why, goes into ``error`` so
-    that the report still exists and says so.
+    that the report still exists and says so. With several destinations, the sets are chosen
+    in the destination the drill restores from (``drill_destination``), named in ``destination``.
+
+    :param at: the drill run's time (picks the destination in turn)
+    :param destination: the destination asked for in the trigger form (None: in turn)
     """
     picked = seed if seed is not None else zlib.crc32(run_id.encode())
+    named: dict[str, Any] = {}
     try:
+        name = drill_destination(rt, at, destination)
+        if name is not None:
+            named = {"destination": name}
+            if rt.cfg.drill.destinations == "all":
+                named["checked_in"] = [d.name for d in rt.cfg.destinations if d.name != name]
+            log.info("drill: restoring from destination %s", name)
+        src = rt.at(name) if name else rt
         seed, backup_id = params.drill_choice({"seed": seed, "backup_id": backup_id})
         picked = seed if seed is not None else picked
-        found = inventory(rt.storage, rt.cfg.name, rt.cfg.encryption.own_keys)
+        found = inventory(src.storage, rt.cfg.name, rt.cfg.encryption.own_keys)
         picks = choose_backups(complete_sets(found), picked, backup_id or None)
         manifests = {
-            b: retrieve.load_manifest(rt.storage, rt.cfg.name, b).model_dump(mode="json")
+            b: retrieve.load_manifest(src.storage, rt.cfg.name, b).model_dump(mode="json")
             for b in picks
         }
     except (PgBackupError, OSError) as exc:
         cause = exc.summary if isinstance(exc, PgBackupError) else f"{type(exc).__name__}: {exc}"
+        if named:
+            cause = f"destination {named['destination']}: {cause}"
         log.error("drill: nothing to drill: %s", cause)
-        return {"seed": picked, "backups": [], "manifests": {}, "error": first_line(cause)}
-    return {"seed": picked, "backups": picks, "manifests": manifests}
+        return {
+            "seed": picked,
+            "backups": [],
+            "manifests": {},
+            "error": first_line(cause),
+            **named,
+        }
+    return {"seed": picked, "backups": picks, "manifests": manifests, **named}
 
 
 def _cause_file(rt: Runtime, run_id: str, backup: str, task: DrillTask) -> Path:
@@ -125,14 +177,50 @@ def _each(
 
 
 def fetch_chosen(rt: Runtime, chosen: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Download each chosen set, checked against its manifest."""
-    return _each(
-        rt,
-        run_id,
-        DrillTask.FETCH,
-        chosen,
-        lambda b, m: retrieve.fetch(rt.storage, m, workdir(rt, run_id, b)),
-    )
+    """Download each chosen set, checked against its manifest.
+
+    With several destinations: from the one the drill restores from, and (``drill.destinations:
+    all``) every other copy too, each checked against its own manifest and against the copy
+    restored; a failure names the destination.
+    """
+    src = source_of(rt, chosen)
+
+    def one(backup: str, manifest: Manifest) -> Record:
+        fetched = _from(chosen.get("destination"), lambda: _fetch(src, manifest, run_id, backup))
+        for other in chosen.get("checked_in", []):
+            _from(other, partial(_check_copy, rt.at(other), manifest, run_id, backup))
+        return fetched
+
+    return _each(rt, run_id, DrillTask.FETCH, chosen, one)
+
+
+def _fetch(src: Runtime, manifest: Manifest, run_id: str, backup: str) -> retrieve.Fetched:
+    return retrieve.fetch(src.storage, manifest, workdir(src, run_id, backup))
+
+
+def _from(destination: str | None, action: Callable[[], Any]) -> Any:
+    """Run ``action``; a failure names the destination it was for."""
+    try:
+        return action()
+    except PgBackupError as exc:
+        if destination is None:
+            raise
+        raise DrillError(f"destination {destination}: {exc.summary}") from None
+
+
+def _check_copy(dest: Runtime, restored: Manifest, run_id: str, backup: str) -> None:
+    """Another destination's copy: its manifest names the same bytes, and its objects match."""
+    manifest = retrieve.load_manifest(dest.storage, dest.cfg.name, backup)
+    if (manifest.data, manifest.tables) != (restored.data, restored.tables):
+        raise DrillError(
+            f"the copy of {backup} there is not the set restored: its manifest names other "
+            "objects (sizes or hashes differ)"
+        )
+    path = workdir(dest, run_id, backup) / "copies"
+    try:
+        retrieve.fetch(dest.storage, manifest, path)
+    finally:
+        staging.remove_dir(path)
 
 
 def decrypt_chosen(
@@ -281,8 +369,12 @@ def report(
         collect(chosen, phases, at, recorded_causes(rt, run_id, chosen)),
         why,
     )
+    if chosen and chosen.get("destination"):
+        doc["destination"] = chosen["destination"]
+        doc["checked_in"] = chosen.get("checked_in", [])
+        log.info("drill: restored from destination %s", doc["destination"])
     log.info("drill report:\n%s", format_report_table(doc["backups"], rto))
-    store = rt.storage
+    store = source_of(rt, chosen).storage
     key = layout.drill_report_key(cfg.name, at, run_id)
     where = store.describe(key)
     try:
@@ -300,7 +392,8 @@ def report(
         causes = [doc["error"]] if doc["error"] else []
         causes += [f"{b['backup_id']}: {b['error']}" for b in doc["backups"] if b["error"]]
         summary = f": {causes[0]}" if causes else ""
-        raise DrillError(f"restore drill failed{summary}; report at {where}")
+        source = f" from destination {doc['destination']}" if doc.get("destination") else ""
+        raise DrillError(f"restore drill{source} failed{summary}; report at {where}")
     return {"key": key, "outcome": doc["outcome"]}
 
 

@@ -17,7 +17,7 @@ from pg_backup.adapters.pgconn import PgEndpoint, source_identity
 from pg_backup.core import layout
 from pg_backup.core.counts import LOCK_BUDGET_SQL, lock_budget_problem
 from pg_backup.core.dbprops import DatabaseLocale
-from pg_backup.core.errors import PreflightError
+from pg_backup.core.errors import PgBackupError, PreflightError
 from pg_backup.core.fingerprint import session_options
 from pg_backup.core.manifest import SourceIdentity
 from pg_backup.core.records import PreflightResult
@@ -402,10 +402,31 @@ class Preflight:
         return self.rt.scratch_databases.check_locale(self.locale)
 
     def storage(self) -> str:
-        """Storage answers and takes a small object."""
-        store = self.rt.storage
-        store.check_writable(layout.preflight_key(self.rt.cfg.name))
-        return store.url
+        """Storage answers and takes a small object (with several destinations: at least one).
+
+        A destination that does not answer fails only its own upload task later, so it is
+        named here but fails preflight only when no destination answers.
+        """
+        cfg = self.rt.cfg
+        if not cfg.multi_destination:
+            store = self.rt.storage
+            store.check_writable(layout.preflight_key(cfg.name))
+            return store.url
+        ok, down = [], []
+        for dest in cfg.destinations:
+            try:
+                self.rt.at(dest.name).storage.check_writable(layout.preflight_key(cfg.name))
+                ok.append(dest.name)
+            except PgBackupError as exc:
+                down.append(f"{dest.name} ({exc.summary})")
+        if not ok:
+            raise PreflightError(
+                f"no destination is writable: {'; '.join(down)}. Fix one of them (endpoint, "
+                "credentials, mount) and clear preflight"
+            )
+        if down:
+            log.warning("preflight: destination(s) NOT writable: %s", "; ".join(down))
+        return f"writable: {', '.join(ok)}" + (f"; NOT writable: {'; '.join(down)}" if down else "")
 
     def staging(self) -> str:
         """Staging has room for the dump and its compressed and encrypted copies."""

@@ -30,7 +30,13 @@ from pg_backup.core.counts import TableCount, counts_from_json
 from pg_backup.core.dbprops import Comparison as DbComparison
 from pg_backup.core.dbprops import DatabaseGlobals, DatabaseLocale, compare
 from pg_backup.core.drill_report import CheckResult
-from pg_backup.core.errors import DrillError, RestoreError, StorageError, WrongKey
+from pg_backup.core.errors import (
+    DrillError,
+    RestoreError,
+    SetUnavailable,
+    StorageError,
+    WrongKey,
+)
 from pg_backup.core.manifest import Manifest, ObjectEntry
 from pg_backup.core.proof import Proof
 from pg_backup.core.records import Record, StagedFile
@@ -102,7 +108,7 @@ def load_manifest(store: Storage, target: str, backup_id: str) -> Manifest:
     try:
         return Manifest.from_bytes(store.get_bytes(key))
     except StorageError:
-        raise DrillError(
+        raise SetUnavailable(
             f"backup {backup_id} has no manifest at {store.describe(key)}: it does not exist or "
             "is incomplete (see `pg-backup list`)"
         ) from None
@@ -112,7 +118,7 @@ def _fetch_one(store: Storage, entry: ObjectEntry, dest: Path) -> StagedFile:
     got = store.download(entry.key, dest)
     if got.sha256 != entry.sha256 or got.bytes != entry.bytes:
         dest.unlink(missing_ok=True)
-        raise DrillError(
+        raise SetUnavailable(
             f"{store.describe(entry.key)} does not match its manifest: manifest says "
             f"{entry.bytes} bytes sha256 {entry.sha256}, storage gave {got.bytes} bytes sha256 "
             f"{got.sha256}. The stored object is corrupt or was replaced: do not rely on it"

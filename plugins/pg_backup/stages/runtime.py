@@ -37,6 +37,22 @@ class Runtime:
             raise TypeError(f"unknown resources {sorted(unknown)}")
         self.__dict__.update(resources)  # pre-empts the cached properties below
 
+    def at(self, destination: str) -> Runtime:
+        """A runtime with one destination as its storage, and that destination's retention.
+
+        A target with one destination gets itself back (same resources, same storage).
+
+        :raises ConfigError: the target has no such destination
+        """
+        if [d.name for d in self.cfg.destinations] == [destination]:
+            return self
+        shared = {
+            name: self.__dict__[name]
+            for name in ("source", "scratch", "identities")
+            if name in self.__dict__
+        }
+        return Runtime(self.cfg.for_destination(destination), self._run, **shared)
+
     @property
     def run(self) -> RunInfo:
         """The backup run (only backup DAG tasks have one)."""

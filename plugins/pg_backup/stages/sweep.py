@@ -266,13 +266,19 @@ def check_freshness(found: Inventory, now: datetime, limit: timedelta) -> str:
     return f"newest verified backup {newest.backup_id} is {age} old (limit {limit})"
 
 
-def freshness_mail(cfg: TargetConfig, since: str, dag_id: str, run_id: str) -> None:
-    """The old cron monitor's mail, done right: no verified backup since ``since``."""
+def freshness_mail(
+    cfg: TargetConfig, since: str, dag_id: str, run_id: str, destination: str | None = None
+) -> None:
+    """The old cron monitor's mail, done right: no verified backup since ``since``.
+
+    :param destination: the destination judged, for targets with several
+    """
     link = run_url(cfg.alerts.base_url, dag_id, run_id)
+    where = f" in destination {destination}" if destination else ""
     send_mail(
         cfg,
-        f"[pg-backup] no verified backup of {cfg.name} since {since.split(' (')[0]}",
-        f"<p>The newest verified backup of <b>{cfg.name}</b>: {since}.</p>"
+        f"[pg-backup] no verified backup of {cfg.name}{where} since {since.split(' (')[0]}",
+        f"<p>The newest verified backup of <b>{cfg.name}</b>{where}: {since}.</p>"
         f"<p>Look at the recent runs of {backup_dag_id(cfg.name)}; trigger "
         f"{backup_dag_id(cfg.name, 'emergency')} once the cause is fixed.</p>"
         f'<p>Sweep run: <a href="{link}">{link}</a></p>',

@@ -44,8 +44,13 @@ def build_manifest(
     encrypted: EncryptResult,
     emergency: Emergency | None,
     source: SourceIdentity | None,
+    destinations: list[str] | None = None,
 ) -> Manifest:
-    """The manifest this run's set gets (what it vouches for: the staged objects)."""
+    """The manifest this run's set gets (what it vouches for: the staged objects).
+
+    :param destinations: every destination the set goes to, when the target has several
+        (``rt.cfg`` is then the one this copy goes to: ``Runtime.at``)
+    """
     cfg, run = rt.cfg, rt.run
     data, tables = encrypted.data, encrypted.tables
     return Manifest(
@@ -77,6 +82,8 @@ def build_manifest(
         if encrypted.globals
         else None,
         source=source,
+        destination=cfg.destinations[0].name if destinations else None,
+        destinations=destinations,
     )
 
 
@@ -128,19 +135,30 @@ def upload_set(
     encrypted: EncryptResult,
     emergency: Emergency | None = None,
     source: SourceIdentity | None = None,
+    destinations: list[str] | None = None,
 ) -> UploadResult:
-    """Upload one backup set and prove every object arrived as staged (a no-op if it did).
+    """Upload one backup set to ``rt``'s storage and prove every object arrived as staged.
+
+    A no-op when the set is already there as staged. With several destinations, ``rt`` is
+    the runtime of one of them (``Runtime.at``) and each destination is its own call.
 
     :param source: the source's identity from preflight, recorded in the manifest
+    :param destinations: every destination of the set (recorded in the manifest), or None
+        for a target with one storage
     :raises StagedFileError: a staged file needed is gone or changed (storage untouched)
     :raises StorageError: the store refused or holds other bytes than were sent
     """
     cfg, run, store = rt.cfg, rt.run, rt.storage
     data, tables = encrypted.data, encrypted.tables
     prefix = run.prefix
-    manifest = build_manifest(rt, dumped, encrypted, emergency, source)
+    manifest = build_manifest(rt, dumped, encrypted, emergency, source, destinations)
     location = store.describe(prefix)
-    result = UploadResult(location=location, data_bytes=data.bytes, data_sha256=data.sha256)
+    result = UploadResult(
+        location=location,
+        data_bytes=data.bytes,
+        data_sha256=data.sha256,
+        destination=cfg.destinations[0].name,
+    )
 
     objects = [(data, layout.DATA_OBJECT), (tables, layout.TABLES_OBJECT)]
     if encrypted.globals is not None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pg_backup.adapters import catalog_index, staging
+from pg_backup.adapters import staging
 from pg_backup.adapters.pgconn import PgEndpoint
-from pg_backup.adapters.storage import retain_until
-from pg_backup.core import layout
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.counts import (
     TableCount,
@@ -34,6 +33,7 @@ from pg_backup.core.inventory import compare_inventories, sequence_values, take_
 from pg_backup.core.manifest import Skipped, Verification
 from pg_backup.core.proof import Proof
 from pg_backup.core.records import DumpResult, RestoreResult, UploadResult
+from pg_backup.stages.destinations import publish_verification, with_holders
 from pg_backup.stages.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,16 @@ def log_proof(proof: Proof, what: str) -> None:
         log.warning("%s: %s", what, line)
 
 
-def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> Verification:
+def verify_restore(
+    rt: Runtime,
+    dumped: DumpResult,
+    restored: RestoreResult,
+    uploads: Sequence[UploadResult] | None = None,
+) -> Verification:
     """Prove the scratch database against the snapshot; store verification.json beside the manifest.
+
+    :param uploads: the completed uploads of the set: the record goes to each of their
+        destinations (``stages.destinations``); None means the target's one storage
 
     :raises VerificationFailed: a relation or object differs (the record is stored first, as
         failed); the message is the table of differences
@@ -143,12 +151,9 @@ def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> 
         partition_roots=len(proof.rows.roots),
         skipped=[Skipped(**item) for item in proof.skipped()],
     )
-    rt.storage.put_bytes(
-        run.prefix + layout.VERIFICATION_OBJECT,
-        record.to_bytes(),
-        retain_until(cfg.storage, run.taken_at),
-    )
-    catalog_index.record_verification(rt.storage, run.target, record)
+    if uploads is not None and cfg.multi_destination:
+        record = with_holders(record, uploads)
+    publish_verification(rt, record, uploads)
     log_proof(proof, "verify")
     if not proof.ok:
         raise VerificationFailed(
@@ -169,4 +174,6 @@ def asset_event(rt: Runtime, uploaded: UploadResult, record: Verification) -> di
         "verification": record.status,
         "rows": record.rows_checked,
         "proven": record.proven,
+        # Targets with several destinations: which of them hold the set.
+        **({"destinations": record.held_by} if record.held_by is not None else {}),
     }
