@@ -462,4 +462,10 @@ def _seal(part: Path, out: Path, seconds: float) -> StagedFile:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    return StagedFile(name=out.name, bytes=size, sha256=sha.hexdigest(), seconds=round(seconds, 3))
+    return StagedFile(
+        name=out.name,
+        bytes=size,
+        sha256=sha.hexdigest(),
+        seconds=round(seconds, 3),
+        host=staging.this_host(),
+    )
