@@ -200,6 +200,24 @@ class RestoreConfig(_Model):
     jobs: int = Field(2, ge=1, le=64)
 
 
+class PoolsConfig(_Model):
+    """Airflow pools that bound dumps per source server and restores per scratch server.
+
+    Targets naming the same server share one pool (``core.pools`` derives its name); the
+    server defaults to the connection id, since connections are resolved only when tasks run.
+    ``pg-backup pools`` creates the pools with these sizes or checks them.
+    """
+
+    source_server: str | None = Field(
+        None, description="label of the source server (e.g. db1.example.org:5432)"
+    )
+    scratch_server: str | None = Field(None, description="label of the scratch server")
+    source_slots: int = Field(1, ge=1, le=1024, description="dumps at once on the source server")
+    scratch_slots: int = Field(
+        2, ge=1, le=1024, description="verification restores at once on the scratch server"
+    )
+
+
 class VerifyConfig(_Model):
     """What the verification proves beyond exact counts and the object inventory."""
 
@@ -339,6 +357,7 @@ class TargetConfig(_Model):
     dump: DumpConfig = DumpConfig()
     compress: CompressConfig = CompressConfig()
     restore: RestoreConfig = RestoreConfig()
+    pools: PoolsConfig = PoolsConfig()
     verify: VerifyConfig = VerifyConfig()
     alerts: AlertsConfig = AlertsConfig()
     timeouts: Timeouts = Timeouts()
