@@ -215,7 +215,7 @@ class HashingReader:
         """Hex sha256 of everything read so far."""
         return self._sha.hexdigest()
 
-    def check(self, path: Path, expected: StagedFile) -> None:
+    def check(self, path: Path | str, expected: StagedFile) -> None:
         """After a full read: fail if the bytes were not the ones the producer recorded."""
         if self.count != expected.bytes or self.sha256 != expected.sha256:
             raise StagedFileError(
@@ -254,8 +254,8 @@ def not_shared(where: str, expected: StagedFile) -> StagingNotShared:
     return _not_shared_class()(
         f"staged file {where} was written by host {expected.host!r} and is not visible on host "
         f"{this_host()!r}: staging is not shared between the workers. Set staging_dir to a "
-        "directory every worker mounts (a shared volume), or to an object-store prefix "
-        "(staging_dir: s3://<bucket>/<prefix>, see the README's 'Workers that share no disk'). "
+        "directory every worker mounts (a shared volume), or stage in an object store "
+        "(staging_url: s3://<bucket>/<prefix>, see the README's 'Workers that share no disk'). "
         "Then clear the run from its first stage"
     )
 

@@ -351,6 +351,11 @@ class TargetConfig(_Model):
     owner: str = "dba"
     tags: list[str] = Field(default_factory=list)
     staging_dir: str = "/tmp/pg_backup-staging"
+    # Stages hand files over in an object store when set (workers that share no disk); each
+    # worker then uses staging_dir for its own local work files only.
+    staging_url: str | None = Field(
+        None, description="s3://bucket/prefix for staging through the storage's connection"
+    )
     staging_headroom: float = Field(
         1.2, ge=1.0, le=10.0, description="free-space margin over the estimated need"
     )
@@ -388,6 +393,18 @@ class TargetConfig(_Model):
         if not value.startswith("/"):
             raise ValueError("staging_dir must be an absolute path")
         return value
+
+    @field_validator("staging_url")
+    @classmethod
+    def _staging_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("s3://"):
+            raise ValueError(
+                "must be an s3://bucket/prefix URL (the staging objects go through "
+                "storage.aws_conn_id); for a directory every worker shares, use staging_dir"
+            )
+        return StorageConfig._url(value)  # type: ignore[operator]
 
     @model_validator(mode="after")
     def _budgets_below_timeouts(self) -> TargetConfig:

@@ -271,6 +271,10 @@ def _dump_once(rt: Runtime) -> DumpResult:
         ),
     )
     progress.summary(dump.bytes, dump.bytes)
+    # pg_dump wrote into this worker's directory: with object-store staging it goes up now.
+    for staged in (dump, tables, globals_file):
+        if staged is not None:
+            rt.staging.publish(workdir / staged.name, staged)
     return DumpResult(
         dump=dump,
         tables=tables,

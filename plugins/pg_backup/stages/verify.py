@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from pg_backup.adapters import catalog_index, staging
+from pg_backup.adapters import catalog_index
 from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.adapters.storage import retain_until
 from pg_backup.core import layout
@@ -122,7 +122,7 @@ def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> 
     """
     cfg, run = rt.cfg, rt.run
     started = time.monotonic()
-    doc = json.loads(staging.read_small(run.staging_path / dumped.tables.name, dumped.tables))
+    doc = json.loads(rt.staging.read_small(dumped.tables))
     target = rt.scratch_databases.endpoint(restored.database)
     proof = prove_database(target, doc, cfg)
     record = Verification(
