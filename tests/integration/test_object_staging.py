@@ -133,3 +133,30 @@ def test_changed_staged_object_is_refused_and_a_failed_write_leaves_nothing(obje
         killed_while_writing()
     assert f"staging/{h.name}/{info.backup_id}/half" not in staged_keys(h, bucket)
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_sweep_removes_staged_objects_of_stale_runs_only(object_staged):
+    """Objects of runs untouched since the cutoff go (and their stale uploads); newer runs stay."""
+    import time
+    from datetime import UTC, datetime
+
+    from pg_backup.adapters.run_staging import sweep_runs
+    from pg_backup.core.config import load_config
+
+    h, bucket = object_staged
+    cfg = load_config(h.config_path).target(h.name)
+    client = h.s3.client()
+    old, new = f"{h.name}_20260101T020000Z_scheduled", f"{h.name}_20260102T020000Z_scheduled"
+    for name in ("db.dump", "db.dump.zst"):
+        client.put_object(Bucket=bucket, Key=f"staging/{h.name}/{old}/{name}", Body=b"x")
+    stale = client.create_multipart_upload(
+        Bucket=bucket, Key=f"staging/{h.name}/{old}/db.dump.zst.age"
+    )
+    time.sleep(1.5)
+    cutoff = datetime.now(UTC)
+    time.sleep(1.5)
+    client.put_object(Bucket=bucket, Key=f"staging/{h.name}/{new}/db.dump", Body=b"y")
+    assert sweep_runs(cfg, cutoff) == [old]
+    assert staged_keys(h, bucket) == [f"staging/{h.name}/{new}/db.dump"]
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert stale["UploadId"] not in [u["UploadId"] for u in uploads]
