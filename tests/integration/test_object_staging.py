@@ -18,8 +18,10 @@ from tests.integration.conftest import objects, task_states, xcoms
 
 
 def staged_keys(h: Any, bucket: str) -> list[str]:
+    """Keys in the staging bucket, without the marker preflight overwrites each run."""
     client = h.s3.client()
-    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    found = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return [o["Key"] for o in found if not o["Key"].endswith("/.preflight")]
 
 
 @pytest.fixture
@@ -160,3 +162,23 @@ def test_sweep_removes_staged_objects_of_stale_runs_only(object_staged):
     assert staged_keys(h, bucket) == [f"staging/{h.name}/{new}/db.dump"]
     uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert stale["UploadId"] not in [u["UploadId"] for u in uploads]
+
+
+def test_preflight_proves_the_staging_bucket_takes_an_object(object_staged):
+    """Preflight writes its marker to the staging bucket; a bucket that is not there fails it, named."""
+    from pg_backup.core.config import load_config
+    from pg_backup.core.errors import StorageError
+    from pg_backup.stages.preflight import Preflight
+    from pg_backup.stages.runtime import Runtime
+
+    h, bucket = object_staged
+    cfg = load_config(h.config_path).target(h.name)
+    preflight = Preflight(Runtime(cfg, h.run_info()))
+    preflight.estimated = 1
+    assert preflight.staging().startswith(f"s3://{bucket}/staging writable")
+    assert f"staging/{h.name}/.preflight" in [
+        o["Key"] for o in h.s3.client().list_objects_v2(Bucket=bucket)["Contents"]
+    ]
+    missing = cfg.model_copy(update={"staging_url": "s3://pgbt-no-such-bucket/staging"})
+    with pytest.raises(StorageError, match="pgbt-no-such-bucket"):
+        Preflight(Runtime(missing, h.run_info())).staging()
