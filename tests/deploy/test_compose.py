@@ -453,6 +453,7 @@ def test_healthchecks_guard_every_dependency(raw: dict[str, Any]) -> None:
 # IAM actions each S3 client call of pg_backup.adapters.storage needs (HEAD is authorised as GET).
 S3_ACTIONS = {
     "upload_file": {"s3:PutObject", "s3:AbortMultipartUpload"},
+    "upload_fileobj": {"s3:PutObject", "s3:AbortMultipartUpload"},
     "put_object": {"s3:PutObject"},
     "head_object": {"s3:GetObject"},
     "get_object": {"s3:GetObject"},

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from pg_backup.adapters import staging
 from pg_backup.adapters.staging import HashingReader, Progress
+from pg_backup.adapters.storage import Storage
 from pg_backup.core.config import StorageConfig, TargetConfig
 from pg_backup.core.errors import StagedFileError, StorageError
 from pg_backup.core.layout import RunInfo
@@ -73,6 +74,12 @@ class RunStaging(ABC):
     @contextmanager
     def local_copy(self, staged: StagedFile, why: str, checked: bool = True) -> Iterator[Path]:
         """A local path holding the staged file (``checked``: its sha256 proven first)."""
+
+    @abstractmethod
+    def send(
+        self, staged: StagedFile, store: Storage, key: str, retain_until: datetime | None
+    ) -> None:
+        """Upload the staged file to ``key`` of the backup storage, proven as ``put_file`` does."""
 
     @abstractmethod
     def remove(self) -> str:
@@ -129,6 +136,12 @@ class LocalStaging(RunStaging):
         """The staged file itself."""
         self.check(staged, full=checked)
         yield self.workdir / staged.name
+
+    def send(
+        self, staged: StagedFile, store: Storage, key: str, retain_until: datetime | None
+    ) -> None:
+        """``put_file`` of the staged file."""
+        store.put_file(self.workdir / staged.name, key, staged, retain_until)
 
     def remove(self) -> str:
         """Remove the run's directory."""
@@ -251,6 +264,13 @@ class ObjectStaging(RunStaging):
             yield path
         finally:
             path.unlink(missing_ok=True)
+
+    def send(
+        self, staged: StagedFile, store: Storage, key: str, retain_until: datetime | None
+    ) -> None:
+        """Stream the staged object into the backup storage (no local copy)."""
+        with self.reader(staged) as raw:
+            store.put_stream(raw, key, staged, retain_until)
 
     def remove(self) -> str:
         """Delete every object of the run, and this worker's local work directory."""

@@ -162,10 +162,7 @@ def upload_set(
         store.delete(prefix + name)
     lock_until = retain_until(cfg.storage, run.taken_at)
     for staged, name in pending:
-        with rt.staging.local_copy(
-            staged, "the multipart upload reads parts", checked=False
-        ) as path:
-            store.put_file(path, prefix + name, staged, lock_until)
+        rt.staging.send(staged, store, prefix + name, lock_until)
     for staged, name in objects:
         if (staged, name) not in pending:
             log.info("upload: %s already in storage exactly as staged: kept", name)
