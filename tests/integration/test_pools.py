@@ -25,7 +25,10 @@ def write_config(path: Path, source_slots: int) -> None:
                     "encryption": {"recipients": [RECIPIENT]},
                     "pools": {"source_server": "db1:5432", "source_slots": source_slots},
                 },
-                "targets": {"pa": {"source_conn_id": "pa_db"}, "pb": {"source_conn_id": "pb_db"}},
+                "targets": {
+                    "pa": {"source_conn_id": "pa_db"},
+                    "pb": {"source_conn_id": "pb_db", "drill": {"standby_conn_id": "pb_standby"}},
+                },
             }
         )
     )
@@ -54,6 +57,8 @@ def test_pools_command_creates_checks_and_resizes(airflow_db: Path, tmp_path: Pa
     assert made.returncode == 0, made.stdout + made.stderr
     assert "created  pg_backup_source_db1_5432" in made.stdout
     assert "pg_backup_scratch_pgb_pool_scratch: 2 slot(s)" in made.stdout
+    # The second target's drill restores on a standby server: a pool of its own.
+    assert "created  pg_backup_scratch_pb_standby: 2 slot(s), targets pb" in made.stdout
     assert cli(config, "--check").returncode == 0
 
     from airflow.models.pool import Pool
@@ -71,7 +76,9 @@ def test_pools_command_creates_checks_and_resizes(airflow_db: Path, tmp_path: Pa
 
 def test_backup_dag_puts_dump_and_restore_in_their_server_pools(tmp_path: Path) -> None:
     """Dump waits in the source server's pool, restore in the scratch server's, one slot each."""
+    from pg_backup.core.names import DrillTask
     from pg_backup.dags.backup import build_backup_dag
+    from pg_backup.dags.drill import build_drill_dag
 
     config = tmp_path / "pg_backup.yaml"
     write_config(config, source_slots=1)
@@ -85,3 +92,8 @@ def test_backup_dag_puts_dump_and_restore_in_their_server_pools(tmp_path: Path) 
         assert (restore.pool, restore.pool_slots) == (scratch_pool(cfg), 1)
         others = {t.pool for t in dag.tasks if t.task_id not in (Stage.DUMP, Stage.RESTORE)}
         assert others == {"default_pool"}
+    # The drill's restore shares the scratch server's pool with the verification restores.
+    drill = build_drill_dag(cfg)
+    assert drill.get_task(DrillTask.RESTORE.value).pool == scratch_pool(cfg)
+    others = {t.pool for t in drill.tasks if t.task_id != DrillTask.RESTORE.value}
+    assert others == {"default_pool"}

@@ -9,7 +9,7 @@ from pyrage import x25519
 
 from pg_backup.core.config import parse_config
 from pg_backup.core.errors import ConfigError
-from pg_backup.core.pools import plan_pools, pool_name, scratch_pool, source_pool
+from pg_backup.core.pools import drill_pool, plan_pools, pool_name, scratch_pool, source_pool
 
 RECIPIENT = str(x25519.Identity.generate().to_public())
 
@@ -52,6 +52,21 @@ def test_targets_on_one_server_share_its_pool() -> None:
         ("pg_backup_scratch_pg_scratch", 2, 40),
         ("pg_backup_source_db1_example_org_5432", 2, 40),
     ]
+
+
+def test_drill_restores_wait_in_the_scratch_pool_or_their_standby_s() -> None:
+    """Without a standby the drill shares the scratch pool; a standby server has a pool of its own."""
+    found = config(
+        {
+            "a": {"source_conn_id": "a_db"},
+            "b": {"source_conn_id": "b_db", "drill": {"standby_conn_id": "standby"}},
+        }
+    ).targets
+    assert drill_pool(found["a"]) == scratch_pool(found["a"])
+    assert drill_pool(found["b"]) == "pg_backup_scratch_standby"
+    specs = {s.name: s.targets for s in plan_pools(found.values())}
+    assert specs["pg_backup_scratch_pg_scratch"] == ("a", "b")
+    assert specs["pg_backup_scratch_standby"] == ("b",)
 
 
 def test_targets_sharing_a_pool_must_agree_on_its_size() -> None:

@@ -41,6 +41,12 @@ def scratch_pool(cfg: TargetConfig) -> str:
     return pool_name("scratch", cfg.pools.scratch_server or cfg.scratch_conn_id)
 
 
+def drill_pool(cfg: TargetConfig) -> str:
+    """The drill restore's pool: the standby's (``drill.standby_conn_id``), else scratch's."""
+    standby = cfg.drill.standby_conn_id
+    return pool_name("scratch", standby) if standby else scratch_pool(cfg)
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     """One pool to create: name, slots, description and the targets that use it."""
@@ -62,8 +68,11 @@ def plan_pools(targets: Iterable[TargetConfig]) -> list[PoolSpec]:
         for role, name, slots, field in (
             ("source", source_pool(cfg), cfg.pools.source_slots, "source_slots"),
             ("scratch", scratch_pool(cfg), cfg.pools.scratch_slots, "scratch_slots"),
+            ("scratch", drill_pool(cfg), cfg.pools.scratch_slots, "scratch_slots"),
         ):
-            what = "dumps" if role == "source" else "verification restores"
+            if role == "scratch" and name in wanted and cfg.name in wanted[name][2]:
+                continue  # the drill restores on the scratch server: one pool, counted once
+            what = "dumps" if role == "source" else "restores (verification and drill)"
             if name not in wanted:
                 wanted[name] = (slots, f"pg_backup: {what} at once on one {role} server", [])
             have, _, users = wanted[name]
