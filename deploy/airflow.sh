@@ -23,6 +23,11 @@ init() {
   mkdir -p "$AIRFLOW_HOME/logs"
   "$AIRFLOW_BIN" db migrate >"$AIRFLOW_HOME/logs/init.log" 2>&1 || {
     tail -n 40 "$AIRFLOW_HOME/logs/init.log" >&2; exit 1; }
+  # The pools per source and scratch server the config names: dumps and restores wait in them.
+  if [ -s "${PG_BACKUP_CONFIG:-}" ] && command -v pg-backup >/dev/null; then
+    pg-backup pools >>"$AIRFLOW_HOME/logs/init.log" 2>&1 || {
+      tail -n 20 "$AIRFLOW_HOME/logs/init.log" >&2; exit 1; }
+  fi
   # The simple auth manager's login: a random password, made once, kept in a 0600 file.
   local file user
   file=$(login_file)
@@ -45,7 +50,10 @@ component() {
     triggerer) exec "$AIRFLOW_BIN" triggerer ;;
     api-server) exec "$AIRFLOW_BIN" api-server --host "$API_HOST" --port "$API_PORT" ;;
     # Only with CeleryExecutor: one per worker host, sharing the staging volume.
-    celery-worker) exec "$AIRFLOW_BIN" celery worker ;;
+    # PG_BACKUP_CELERY_HOSTNAME names the worker (two workers on one host need two names).
+    celery-worker) exec "$AIRFLOW_BIN" celery worker \
+      ${PG_BACKUP_CELERY_HOSTNAME:+--celery-hostname "$PG_BACKUP_CELERY_HOSTNAME"} \
+      ${PG_BACKUP_CELERY_CONCURRENCY:+--concurrency "$PG_BACKUP_CELERY_CONCURRENCY"} ;;
     *) echo "unknown component: $1 (scheduler, dag-processor, triggerer, api-server, celery-worker)" >&2; exit 2 ;;
   esac
 }

@@ -21,6 +21,15 @@ if ! mc ilm rule ls "local/$bucket" >/dev/null 2>&1; then
   mc ilm rule add --expire-delete-marker "local/$bucket"
 fi
 
+# Staging of workers that share no disk (profile celery, staging_url): no Object Lock, since a
+# run's teardown deletes its staged objects; the lifecycle rule is the backstop for runs whose
+# teardown never ran (the sweep removes them after retention.staging_keep_days too).
+staging_bucket=pg-backups-staging
+mc mb --ignore-existing "local/$staging_bucket"
+if ! mc ilm rule ls "local/$staging_bucket" >/dev/null 2>&1; then
+  mc ilm rule add --expire-days 7 "local/$staging_bucket"
+fi
+
 add_user() {  # add_user <user> <policy> <password>
   mc admin policy create local "$2" "$here/s3-${2#pg-backup-}-policy.json"
   mc admin user add local "$1" "$3"
@@ -35,3 +44,4 @@ add_user pgbackup-sweeper pg-backup-sweeper "${S3_SWEEPER_PASSWORD:?set S3_SWEEP
 
 mc version info "local/$bucket"
 echo "bucket $bucket ready: versioning, Object Lock, lifecycle; users pgbackup-writer, pgbackup-sweeper"
+echo "bucket $staging_bucket ready: staging of workers that share no disk, expires after 7 days"

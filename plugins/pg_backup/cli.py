@@ -76,6 +76,31 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _pools(args: argparse.Namespace) -> int:
+    from pg_backup.adapters.pools import sync_pools
+    from pg_backup.core.config import load_config
+    from pg_backup.core.pools import plan_pools
+
+    specs = plan_pools(load_config(args.config).targets.values())
+    bad = 0
+    for state in sync_pools(specs, check_only=args.check):
+        spec = state.spec
+        was = "" if state.found in (None, spec.slots) else f" (was {state.found})"
+        if state.action in ("missing", "differs"):
+            bad += 1
+            was = " (absent)" if state.found is None else f" (has {state.found})"
+        print(
+            f"{state.action:<8} {spec.name}: {spec.slots} slot(s){was}, "
+            f"targets {', '.join(spec.targets)}"
+        )
+    if bad:
+        print(
+            f"{bad} pool(s) missing or of another size: run `pg-backup pools` to create them "
+            "(tasks in a missing pool are never scheduled)"
+        )
+    return 1 if bad else 0
+
+
 def _load_target(args: argparse.Namespace) -> Any:
     from pg_backup.core.config import load_config
 
@@ -389,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and every connection")
     check.add_argument("target", nargs="*", help="only these targets")
     check.set_defaults(func=_check)
+    pools = sub.add_parser(
+        "pools", help="create the Airflow pools per source and scratch server (or --check them)"
+    )
+    pools.add_argument("--check", action="store_true", help="change nothing; exit 1 if any differ")
+    pools.set_defaults(func=_pools)
     listing = sub.add_parser("list", help="backup sets of a target, newest first")
     listing.add_argument("target")
     listing.set_defaults(func=_list)

@@ -48,6 +48,7 @@ SCHEMA_SHA256 = "1f91e091f16b2dd50ab8860e02bb391d22df553d91c145eacedb1b6eff9c3f0
 PLACEHOLDER = "age1replacewithyourpublickeyxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
 
 # Service -> the deploy/airflow.sh component it runs.
+WORKERS = ("airflow-worker-1", "airflow-worker-2")  # profile celery
 AIRFLOW_SERVICES = {
     "airflow-init": "init",
     "airflow-api-server": "api-server",
@@ -453,6 +454,7 @@ def test_healthchecks_guard_every_dependency(raw: dict[str, Any]) -> None:
 # IAM actions each S3 client call of pg_backup.adapters.storage needs (HEAD is authorised as GET).
 S3_ACTIONS = {
     "upload_file": {"s3:PutObject", "s3:AbortMultipartUpload"},
+    "upload_fileobj": {"s3:PutObject", "s3:AbortMultipartUpload"},
     "put_object": {"s3:PutObject"},
     "head_object": {"s3:GetObject"},
     "get_object": {"s3:GetObject"},
@@ -500,6 +502,9 @@ def allowed(policy: dict[str, Any]) -> dict[str, set[str]]:
     return grants
 
 
+STAGING_ARN = "arn:aws:s3:::pg-backups-staging"
+
+
 def test_s3_policies_cover_every_s3_call_and_no_more() -> None:
     """Writer and sweeper policies grant what storage.py calls, deletes only where needed."""
     from pg_backup.core import layout
@@ -519,7 +524,10 @@ def test_s3_policies_cover_every_s3_call_and_no_more() -> None:
     # The writer deletes only what a rerun withdraws (upload.py), never data objects.
     withdrawn = {layout.MANIFEST_OBJECT, layout.VERIFICATION_OBJECT}
     assert "(layout.MANIFEST_OBJECT, layout.VERIFICATION_OBJECT)" in inspect.getsource(upload)
-    assert {r.rsplit("/", 1)[1] for r in writer["s3:DeleteObject"]} == withdrawn
+    backups = {r for r in writer["s3:DeleteObject"] if not r.startswith(STAGING_ARN)}
+    assert {r.rsplit("/", 1)[1] for r in backups} == withdrawn
+    # Staged files are temporary (teardowns delete them), in a bucket of their own.
+    assert writer["s3:DeleteObject"] - backups == {f"{STAGING_ARN}/*"}
     assert all(
         r.startswith("arn:aws:s3:::pg-backups")
         for g in (writer, sweeper)
@@ -573,8 +581,70 @@ def test_volume_destination_is_a_named_volume_every_task_runner_mounts(
     for cfg in config.targets.values():
         (dest,) = [d for d in cfg.destinations if d.url.startswith("file://")]
         path = dest.url[len("file://") :]
-        for name in [*AIRFLOW_SERVICES, CLI_SERVICE]:
+        # The Celery workers too: an upload_<destination> task may run on either.
+        for name in [*AIRFLOW_SERVICES, CLI_SERVICE, *WORKERS]:
             mount, inside = resolve(compose["services"][name], path)
             assert not mount.is_bind and mount.source in declared, (name, mount)
             assert mount.source != "pg-backup-staging" and inside == "", (name, mount)
         assert path in DOCKERFILE.read_text()  # a new volume takes the mount point's owner
+
+
+# --- profile celery ------------------------------------------------------------------------------
+
+CELERY_CONFIG = COMPOSE_DIR / "pg_backup.celery.yaml"
+
+
+def test_celery_profile_runs_two_workers_that_share_no_disk(compose: dict[str, Any]) -> None:
+    """Profile celery: Redis broker, two named workers on their own volumes, the celery config."""
+    services = compose["services"]
+    assert services["redis"]["profiles"] == ["celery"]
+    env = airflow_env(compose)
+    assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis"
+    backend = urlsplit(env["AIRFLOW__CELERY__RESULT_BACKEND"].removeprefix("db+"))
+    assert backend.hostname == "metadata-db"
+    staging_mounts = []
+    names = set()
+    for name in WORKERS:
+        worker = services[name]
+        assert worker["profiles"] == ["celery"], name
+        assert worker["command"] == ["bash", SCRIPT_IN_CONTAINER, "celery-worker"], name
+        assert {"redis", "metadata-db", "airflow-init", "scratch-db", "s3-init"} <= set(
+            worker["depends_on"]
+        )
+        names.add(worker["environment"]["PG_BACKUP_CELERY_HOSTNAME"].split("@")[0])
+        # Everything else as the other Airflow services.
+        rest = {k: v for k, v in worker["environment"].items() if k != "PG_BACKUP_CELERY_HOSTNAME"}
+        assert rest == env, name
+        mount, _ = resolve(worker, "/var/lib/pg_backup/staging")
+        assert not mount.is_bind and mount.source in compose["volumes"], name
+        staging_mounts.append(mount.source)
+        assert "pg-backup-staging" not in {m.source for m in mounts(worker)}, name
+    assert len(names) == 2 and len(set(staging_mounts)) == 2, (names, staging_mounts)
+    # The executor is chosen in .env, LocalExecutor by default.
+    assert "${AIRFLOW_EXECUTOR:-LocalExecutor}" in COMPOSE_FILE.read_text()
+    assert "celery-worker)" in AIRFLOW_SH.read_text()
+
+
+def test_celery_config_stages_in_the_bucket_s3_init_makes(tmp_path: Path) -> None:
+    """pg_backup.celery.yaml is pg_backup.yaml plus staging_url in the staging bucket."""
+    from pyrage import x25519
+
+    from pg_backup.core.config import load_config
+
+    public = str(x25519.Identity.generate().to_public())
+    loaded = {}
+    for path in (CONFIG, CELERY_CONFIG):
+        copy_path = tmp_path / path.name
+        copy_path.write_text(path.read_text().replace(PLACEHOLDER, public))
+        loaded[path.name] = load_config(copy_path).targets
+    plain, celery = loaded[CONFIG.name], loaded[CELERY_CONFIG.name]
+    assert plain.keys() == celery.keys()
+    script = S3_INIT_SCRIPT.read_text()
+    staging_bucket = re.search(r"^staging_bucket=(\S+)$", script, re.M)
+    assert staging_bucket and 'mc mb --ignore-existing "local/$staging_bucket"' in script
+    for name, cfg in celery.items():
+        assert cfg.staging_url and cfg.staging_url.split("/")[2] == staging_bucket[1]
+        assert cfg.model_copy(update={"staging_url": None}) == plain[name]
+    # The writer may delete in the staging bucket (teardowns), only there besides withdrawals.
+    writer = allowed(json.loads(POLICIES["writer"].read_text()))
+    assert f"arn:aws:s3:::{staging_bucket[1]}/*" in writer["s3:DeleteObject"]

@@ -32,6 +32,38 @@ MATRIX: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "staging_dir local to each worker (Celery workers that share no disk)",
+        "the stage that cannot see its upstream's file fails at once, naming the writing host, "
+        "the reading host and staging_url; no retry; nothing verified",
+        [
+            "e2e/test_celery.py::test_local_staging_not_shared_fails_naming_both_hosts",
+            "unit/test_staging.py::test_missing_file_from_another_host_names_both_hosts_and_the_fix",
+        ],
+    ),
+    (
+        "staged object changed, or a stage killed while writing one (object-store staging)",
+        "the next stage refuses the changed object; an aborted write leaves no object or upload",
+        [
+            "integration/test_object_staging.py::test_changed_staged_object_is_refused_and_a_failed_write_leaves_nothing"
+        ],
+    ),
+    (
+        "staging bucket missing or unreachable",
+        "preflight fails naming the bucket before anything is staged",
+        [
+            "integration/test_object_staging.py::test_preflight_proves_the_staging_bucket_takes_an_object"
+        ],
+    ),
+    (
+        "forty targets on one server, or a pool never created",
+        "dumps wait in the server's pool (never overlapping with one slot); `pg-backup pools "
+        "--check` names a missing pool",
+        [
+            "e2e/test_celery.py::test_three_targets_verify_across_two_workers_with_object_staging",
+            "integration/test_pools.py::test_pools_command_creates_checks_and_resizes",
+        ],
+    ),
+    (
         "pg_dump killed (SIGKILL, the OOM killer)",
         "the dump fails saying 'was killed by SIGKILL'",
         ["integration/test_operator_faults.py::test_sigkilled_pg_dump_says_so"],

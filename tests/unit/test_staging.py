@@ -255,3 +255,42 @@ def test_progress_watching_logs_while_a_child_works(caplog: pytest.LogCaptureFix
     assert seen >= 2
     assert len(calls) == seen  # the side thread ended with the block
     assert any("restore:" in r.getMessage() and "so far" in r.getMessage() for r in caplog.records)
+
+
+def test_staged_record_names_the_writing_host(tmp_path: Path) -> None:
+    """Every staged record carries the host that wrote it (Airflow's hostname)."""
+    from pg_backup.adapters.staging import this_host
+
+    record = write_json(tmp_path / "tables.json", {"a": 1})
+    assert record.host == this_host()
+    assert record.host
+
+
+def test_missing_file_from_another_host_names_both_hosts_and_the_fix(tmp_path: Path) -> None:
+    """A file written on another worker and absent here is StagingNotShared, failed without retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pg_backup.adapters.staging import check_present, this_host
+    from pg_backup.core.errors import StagingNotShared
+
+    record = StagedFile(name="db.dump", bytes=10, sha256="0" * 64, host="worker-a.example")
+    with pytest.raises(StagingNotShared) as caught:
+        check_present(tmp_path / "db.dump", record)
+    message = str(caught.value)
+    assert "'worker-a.example'" in message
+    assert repr(this_host()) in message
+    assert "staging_dir" in message and "s3://" in message
+    assert isinstance(caught.value, AirflowFailException)
+    assert isinstance(caught.value, StagedFileError)
+
+
+def test_missing_file_from_this_host_is_a_plain_missing_file(tmp_path: Path) -> None:
+    """The same host, or an older record without a host, keeps the plain 'missing' message."""
+    from pg_backup.adapters.staging import check_present, this_host
+    from pg_backup.core.errors import StagingNotShared
+
+    for host in (this_host(), None):
+        record = StagedFile(name="db.dump", bytes=10, sha256="0" * 64, host=host)
+        with pytest.raises(StagedFileError, match="is missing") as caught:
+            check_present(tmp_path / "db.dump", record)
+        assert not isinstance(caught.value, StagingNotShared)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import hashlib
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from pg_backup.core.errors import StagedFileError
+from pg_backup.core.errors import StagedFileError, StagingNotShared
 from pg_backup.core.records import StagedFile
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,7 @@ class HashingWriter:
             seconds=round(seconds, 3),
             part_size=self._part_size,
             composite_sha256=self.composite_sha256(),
+            host=this_host(),
         )
 
 
@@ -212,7 +215,7 @@ class HashingReader:
         """Hex sha256 of everything read so far."""
         return self._sha.hexdigest()
 
-    def check(self, path: Path, expected: StagedFile) -> None:
+    def check(self, path: Path | str, expected: StagedFile) -> None:
         """After a full read: fail if the bytes were not the ones the producer recorded."""
         if self.count != expected.bytes or self.sha256 != expected.sha256:
             raise StagedFileError(
@@ -222,11 +225,52 @@ class HashingReader:
             )
 
 
+@functools.cache
+def this_host() -> str:
+    """The worker's name as Airflow records it on task instances (``[core] hostname_callable``).
+
+    Outside Airflow (the command line, plain tests) the machine's FQDN.
+    """
+    try:
+        from airflow.sdk.api.client import get_hostname
+
+        return str(get_hostname())
+    except Exception:  # noqa: BLE001 - no Airflow config here: the machine's own name will do
+        return socket.getfqdn()
+
+
+@functools.cache
+def _not_shared_class() -> type[StagingNotShared]:
+    """StagingNotShared that Airflow also fails at once: a retry cannot make staging shared."""
+    try:
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:  # pragma: no cover - the command line runs without Airflow's SDK too
+        return StagingNotShared
+    return type("StagingNotShared", (StagingNotShared, AirflowFailException), {})
+
+
+def not_shared(where: str, expected: StagedFile) -> StagingNotShared:
+    """The error for a file written by another worker that this one cannot see."""
+    return _not_shared_class()(
+        f"staged file {where} was written by host {expected.host!r} and is not visible on host "
+        f"{this_host()!r}: staging is not shared between the workers. Set staging_dir to a "
+        "directory every worker mounts (a shared volume), or stage in an object store "
+        "(staging_url: s3://<bucket>/<prefix>, see the README's 'Workers that share no disk'). "
+        "Then clear the run from its first stage"
+    )
+
+
 def check_present(path: Path, expected: StagedFile) -> None:
-    """Cheap check before a stage starts reading: the file exists and has the recorded size."""
+    """Cheap check before a stage starts reading: the file exists and has the recorded size.
+
+    :raises StagingNotShared: the file is missing here and was written on another host
+    :raises StagedFileError: the file is missing or has another size
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
+        if expected.host and expected.host != this_host():
+            raise not_shared(str(path), expected) from None
         raise StagedFileError(
             f"staged file {path} is missing (its stage recorded {expected.bytes} bytes sha256 "
             f"{expected.sha256}). Is the staging directory shared by every worker? Clear the run "

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pg_backup.adapters import staging
 from pg_backup.adapters.staging import HashingReader, HashingWriter, Progress
@@ -47,6 +47,16 @@ class Storage(ABC):
         self, local: Path, key: str, staged: StagedFile, retain_until: datetime | None = None
     ) -> StoredObject:
         """Upload a staged file, check it while reading, prove the stored copy matches it."""
+
+    @abstractmethod
+    def put_stream(
+        self, source: IO[bytes], key: str, staged: StagedFile, retain_until: datetime | None = None
+    ) -> StoredObject:
+        """put_file from a stream (a staged object in another store), hashed while it is sent.
+
+        :raises StagedFileError: the bytes read were not the staged file's
+        :raises StorageError: the store refused or holds other bytes than were sent
+        """
 
     @abstractmethod
     def put_bytes(
@@ -158,14 +168,26 @@ class FileStorage(Storage):
     ) -> StoredObject:
         """Copy via ``.part`` + fsync + rename, hashing source and written bytes in one pass."""
         staging.check_present(local, staged)
+        with local.open("rb") as raw:
+            return self.put_stream(raw, key, staged, retain_until, where=str(local))
+
+    def put_stream(
+        self,
+        source: IO[bytes],
+        key: str,
+        staged: StagedFile,
+        retain_until: datetime | None = None,
+        where: str | None = None,
+    ) -> StoredObject:
+        """Copy a stream via ``.part`` + fsync + rename, hashing both sides in one pass."""
         dest = self._path(key)
-        progress = Progress(f"upload {local.name}", staged.bytes)
-        with local.open("rb") as raw, staging.atomic_output(dest) as out:
-            reader = HashingReader(raw, progress)
+        progress = Progress(f"upload {staged.name}", staged.bytes)
+        with staging.atomic_output(dest) as out:
+            reader = HashingReader(source, progress)
             writer = HashingWriter(out)
             while chunk := reader.read(staging.CHUNK):
                 writer.write(chunk)
-            reader.check(local, staged)
+            reader.check(where or staged.name, staged)
             if writer.sha256 != staged.sha256 or writer.count != staged.bytes:
                 raise _mismatch(self.describe(key), "sha256", staged.sha256, writer.sha256)
         progress.summary(reader.count, writer.count)
@@ -342,26 +364,44 @@ class S3Storage(Storage):
         self, local: Path, key: str, staged: StagedFile, retain_until: datetime | None = None
     ) -> StoredObject:
         """Multipart upload with SHA256 checksums; then prove size and checksum via HEAD."""
+        staging.check_present(local, staged)
+        return self._upload(staged, key, retain_until, Filename=str(local))
+
+    def put_stream(
+        self, source: IO[bytes], key: str, staged: StagedFile, retain_until: datetime | None = None
+    ) -> StoredObject:
+        """Multipart upload from a stream (one part in memory per transfer thread), then HEAD."""
+        reader = HashingReader(source)
+        done = self._upload(staged, key, retain_until, Fileobj=reader)
+        # The store proved it holds what was sent; this proves what was sent was the staged file.
+        reader.check(f"the stream sent to {self.describe(key)}", staged)
+        return done
+
+    def _upload(
+        self, staged: StagedFile, key: str, retain_until: datetime | None, **source: Any
+    ) -> StoredObject:
         from boto3.s3.transfer import TransferConfig
 
-        staging.check_present(local, staged)
         full = self._key(key)
         where = self.describe(key)
         chunk = self.cfg.multipart_chunksize
+        # A stream is read into memory part by part: at most max_concurrency parts at once.
         config = TransferConfig(
             multipart_threshold=chunk, multipart_chunksize=chunk, max_concurrency=4
         )
-        progress = Progress(f"upload {local.name}", staged.bytes)
+        config.max_in_memory_upload_chunks = 4  # s3transfer's setting; boto3's init lacks it
+        progress = Progress(f"upload {staged.name}", staged.bytes)
         sent = [0]
 
         def on_bytes(count: int) -> None:
             sent[0] += count
             progress.update(sent[0])
 
+        upload = self.client.upload_file if "Filename" in source else self.client.upload_fileobj
         self._call(
             f"upload {where}",
-            self.client.upload_file,
-            Filename=str(local),
+            upload,
+            **source,
             Bucket=self.bucket,
             Key=full,
             ExtraArgs=self._extra_args(retain_until),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from pg_backup.adapters import staging
+from pg_backup.adapters.run_staging import RunStaging
 from pg_backup.adapters.staging import HashingReader, HashingWriter, Progress
 from pg_backup.core.errors import WrongKey
 from pg_backup.core.records import StagedFile
@@ -47,20 +48,77 @@ def _transform(
     return writer.staged(dst.name, progress.seconds)
 
 
-def compress_file(
-    src: Path, expected: StagedFile, dst: Path, level: int = 3, threads: int = 0
+def _staged_transform(
+    label: str,
+    store: RunStaging,
+    expected: StagedFile,
+    name: str,
+    transform: Transform,
+    part_size: int | None = None,
 ) -> StagedFile:
-    """Compress ``src`` into ``dst`` as one zstd frame with its checksum (threads 0: all cores)."""
+    """Stream staged ``expected`` through ``transform`` into staged ``name``, hashing both sides."""
+    progress = Progress(label, expected.bytes)
+    with store.reader(expected) as raw, store.writer(name) as out:
+        reader = HashingReader(raw, progress)
+        writer = HashingWriter(out, part_size=part_size)
+        transform(reader, writer)
+        # Checked before the output is made visible: a changed input never becomes an output.
+        reader.check(store.describe(expected.name), expected)
+    progress.summary(reader.count, writer.count)
+    return writer.staged(name, progress.seconds)
+
+
+def _zstd_compress(level: int, threads: int, size: int) -> Transform:
     import zstandard
 
     cctx = zstandard.ZstdCompressor(level=level, threads=threads or -1, write_checksum=True)
 
     def run(reader: HashingReader, writer: HashingWriter) -> None:
         cctx.copy_stream(
-            _io(reader), _io(writer), size=expected.bytes, read_size=READ_SIZE, write_size=READ_SIZE
+            _io(reader), _io(writer), size=size, read_size=READ_SIZE, write_size=READ_SIZE
         )
 
-    return _transform("compress", src, expected, dst, run)
+    return run
+
+
+def _age_encrypt(recipients: list[Any]) -> Transform:
+    import pyrage
+
+    def run(reader: HashingReader, writer: HashingWriter) -> None:
+        pyrage.encrypt_io(reader, writer, recipients)
+
+    return run
+
+
+def compress_staged(
+    store: RunStaging, expected: StagedFile, name: str, level: int = 3, threads: int = 0
+) -> StagedFile:
+    """compress_file between staged files (a directory or an object store)."""
+    return _staged_transform(
+        "compress", store, expected, name, _zstd_compress(level, threads, expected.bytes)
+    )
+
+
+def encrypt_staged(
+    store: RunStaging,
+    expected: StagedFile,
+    name: str,
+    recipients: list[Any],
+    part_size: int | None = None,
+) -> StagedFile:
+    """encrypt_file between staged files (a directory or an object store)."""
+    return _staged_transform(
+        f"encrypt {expected.name}", store, expected, name, _age_encrypt(recipients), part_size
+    )
+
+
+def compress_file(
+    src: Path, expected: StagedFile, dst: Path, level: int = 3, threads: int = 0
+) -> StagedFile:
+    """Compress ``src`` into ``dst`` as one zstd frame with its checksum (threads 0: all cores)."""
+    return _transform(
+        "compress", src, expected, dst, _zstd_compress(level, threads, expected.bytes)
+    )
 
 
 def decompress_file(src: Path, expected: StagedFile, dst: Path) -> StagedFile:
@@ -82,12 +140,9 @@ def encrypt_file(
 
     :param part_size: also hash the output per part of this many bytes (S3 multipart checksum)
     """
-    import pyrage
-
-    def run(reader: HashingReader, writer: HashingWriter) -> None:
-        pyrage.encrypt_io(reader, writer, recipients)
-
-    return _transform(f"encrypt {src.name}", src, expected, dst, run, part_size)
+    return _transform(
+        f"encrypt {src.name}", src, expected, dst, _age_encrypt(recipients), part_size
+    )
 
 
 def decrypt_file(src: Path, expected: StagedFile, dst: Path, identities: list[Any]) -> StagedFile:

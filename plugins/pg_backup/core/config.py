@@ -203,6 +203,24 @@ class RestoreConfig(_Model):
     jobs: int = Field(2, ge=1, le=64)
 
 
+class PoolsConfig(_Model):
+    """Airflow pools that bound dumps per source server and restores per scratch server.
+
+    Targets naming the same server share one pool (``core.pools`` derives its name); the
+    server defaults to the connection id, since connections are resolved only when tasks run.
+    ``pg-backup pools`` creates the pools with these sizes or checks them.
+    """
+
+    source_server: str | None = Field(
+        None, description="label of the source server (e.g. db1.example.org:5432)"
+    )
+    scratch_server: str | None = Field(None, description="label of the scratch server")
+    source_slots: int = Field(1, ge=1, le=1024, description="dumps at once on the source server")
+    scratch_slots: int = Field(
+        2, ge=1, le=1024, description="verification restores at once on the scratch server"
+    )
+
+
 class VerifyConfig(_Model):
     """What the verification proves beyond exact counts and the object inventory."""
 
@@ -364,12 +382,18 @@ class TargetConfig(_Model):
     owner: str = "dba"
     tags: list[str] = Field(default_factory=list)
     staging_dir: str = "/tmp/pg_backup-staging"
+    # Stages hand files over in an object store when set (workers that share no disk); each
+    # worker then uses staging_dir for its own local work files only.
+    staging_url: str | None = Field(
+        None, description="s3://bucket/prefix for staging through the storage's connection"
+    )
     staging_headroom: float = Field(
         1.2, ge=1.0, le=10.0, description="free-space margin over the estimated need"
     )
     dump: DumpConfig = DumpConfig()
     compress: CompressConfig = CompressConfig()
     restore: RestoreConfig = RestoreConfig()
+    pools: PoolsConfig = PoolsConfig()
     verify: VerifyConfig = VerifyConfig()
     alerts: AlertsConfig = AlertsConfig()
     timeouts: Timeouts = Timeouts()
@@ -400,6 +424,18 @@ class TargetConfig(_Model):
         if not value.startswith("/"):
             raise ValueError("staging_dir must be an absolute path")
         return value
+
+    @field_validator("staging_url")
+    @classmethod
+    def _staging_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("s3://"):
+            raise ValueError(
+                "must be an s3://bucket/prefix URL (the staging objects go through "
+                "storage.aws_conn_id); for a directory every worker shares, use staging_dir"
+            )
+        return StorageConfig._url(value)  # type: ignore[operator]
 
     @model_validator(mode="after")
     def _budgets_below_timeouts(self) -> TargetConfig:

@@ -98,6 +98,13 @@ class StagedFileError(PgBackupError):
     """A staged file is missing or differs from what its producer recorded."""
 
 
+class StagingNotShared(StagedFileError):
+    """A stage cannot see a file its upstream wrote on another worker: staging is not shared.
+
+    Retrying cannot fix it (it is the deployment's configuration), so tasks fail at once.
+    """
+
+
 class StorageError(PgBackupError):
     """The store refused, could not be reached, or holds something other than what we sent."""
 

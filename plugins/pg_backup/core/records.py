@@ -48,6 +48,9 @@ class StagedFile(Record):
     # so the upload can be proven against the store's own acknowledgement without a reread.
     part_size: int | None = None
     composite_sha256: str | None = None
+    # The worker that wrote it (Airflow's hostname): a stage on another worker that cannot see
+    # the file names both hosts instead of a bare "missing" (staging that is not shared).
+    host: str | None = None
 
 
 class PreflightResult(Record):

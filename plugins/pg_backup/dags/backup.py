@@ -23,6 +23,7 @@ from pg_backup.core.names import (
     backup_dag_id,
     upload_task_id,
 )
+from pg_backup.core.pools import scratch_pool, source_pool
 from pg_backup.dags.common import BackupDAG, backup_asset, dag_settings
 
 DOC_BACKUP = """
@@ -127,6 +128,11 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             **kwargs,
         )
 
+    def pooled(name: Stage) -> dict[str, Any]:
+        """The dump waits for its source server's pool, the restore for its scratch server's."""
+        pool = source_pool(cfg) if name == Stage.DUMP else scratch_pool(cfg)
+        return {"pool": pool, "pool_slots": 1}
+
     def side_task(name: str, **kwargs: Any) -> Any:
         return task(
             task_id=str(name),
@@ -159,7 +165,7 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
                 params.check_emergency_params(context["params"])
             return run_preflight(runtime(context)).to_xcom()
 
-        @stage(Stage.DUMP)
+        @stage(Stage.DUMP, **pooled(Stage.DUMP))
         def dump(**context: Any) -> dict[str, Any]:
             from pg_backup.stages.dump import run_dump
 
@@ -241,7 +247,7 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
                 raise AirflowSkipException("verify=false: no verification restore")
             return create(runtime(context), DumpResult.from_xcom(dumped))
 
-        @stage(Stage.RESTORE)
+        @stage(Stage.RESTORE, **pooled(Stage.RESTORE))
         def restore(dumped: dict[str, Any], database: str, **context: Any) -> dict[str, Any]:
             from pg_backup.core.records import DumpResult
             from pg_backup.stages.restore import restore_staged

@@ -14,6 +14,7 @@ from pg_backup.core import params
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.layout import run_time
 from pg_backup.core.names import DRILL_PHASES, DrillTask, drill_dag_id
+from pg_backup.core.pools import drill_pool
 from pg_backup.dags.common import dag_settings
 
 DOC = """
@@ -156,7 +157,8 @@ def build_drill_dag(cfg: TargetConfig) -> DAG:
 
             return drill.create_drill_dbs(runtime(), chosen, context["dag_run"].run_id)
 
-        @step(DrillTask.RESTORE)
+        # Restores wait in their server's pool, with the verification restores of every target.
+        @step(DrillTask.RESTORE, pool=drill_pool(cfg), pool_slots=1)
         def restore(
             chosen: dict[str, Any], opened: dict[str, Any], decrypted: dict[str, Any], **context
         ) -> dict:

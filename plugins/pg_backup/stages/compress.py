@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pg_backup.adapters.streams import compress_file
+from pg_backup.adapters.streams import compress_staged
 from pg_backup.core.layout import COMPRESSED_FILE
 from pg_backup.core.records import StagedFile
 from pg_backup.stages.runtime import Runtime
@@ -10,11 +10,10 @@ from pg_backup.stages.runtime import Runtime
 
 def compress_dump(rt: Runtime, dump: StagedFile) -> StagedFile:
     """Compress the run's dump (its size and sha256 checked while reading)."""
-    staging = rt.run.staging_path
-    return compress_file(
-        staging / dump.name,
+    return compress_staged(
+        rt.staging,
         dump,
-        staging / COMPRESSED_FILE,
+        COMPRESSED_FILE,
         level=rt.cfg.compress.level,
         threads=rt.cfg.compress.threads,
     )

@@ -271,6 +271,10 @@ def _dump_once(rt: Runtime) -> DumpResult:
         ),
     )
     progress.summary(dump.bytes, dump.bytes)
+    # pg_dump wrote into this worker's directory: with object-store staging it goes up now.
+    for staged in (dump, tables, globals_file):
+        if staged is not None:
+            rt.staging.publish(workdir / staged.name, staged)
     return DumpResult(
         dump=dump,
         tables=tables,
@@ -462,4 +466,10 @@ def _seal(part: Path, out: Path, seconds: float) -> StagedFile:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    return StagedFile(name=out.name, bytes=size, sha256=sha.hexdigest(), seconds=round(seconds, 3))
+    return StagedFile(
+        name=out.name,
+        bytes=size,
+        sha256=sha.hexdigest(),
+        seconds=round(seconds, 3),
+        host=staging.this_host(),
+    )

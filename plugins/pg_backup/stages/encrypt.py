@@ -5,7 +5,7 @@ The daily pipeline holds public keys only; private keys are read by drills and r
 
 from __future__ import annotations
 
-from pg_backup.adapters.streams import encrypt_file
+from pg_backup.adapters.streams import encrypt_staged
 from pg_backup.core.layout import ENCRYPTED_FILE, ENCRYPTED_GLOBALS_FILE, ENCRYPTED_TABLES_FILE
 from pg_backup.core.records import EncryptResult, StagedFile
 from pg_backup.stages.runtime import Runtime
@@ -19,20 +19,16 @@ def encrypt_set(
     ``roles`` is the psql script of roles and settings (``globals.sql``); runs started by an
     earlier release have none.
     """
-    staging = rt.run.staging_path
-    data = encrypt_file(
-        staging / compressed.name,
+    staged = rt.staging
+    data = encrypt_staged(
+        staged,
         compressed,
-        staging / ENCRYPTED_FILE,
+        ENCRYPTED_FILE,
         rt.recipients,
         part_size=rt.cfg.storage.multipart_chunksize,
     )
-    listing = encrypt_file(
-        staging / tables.name, tables, staging / ENCRYPTED_TABLES_FILE, rt.recipients
-    )
+    listing = encrypt_staged(staged, tables, ENCRYPTED_TABLES_FILE, rt.recipients)
     script = None
     if roles is not None:
-        script = encrypt_file(
-            staging / roles.name, roles, staging / ENCRYPTED_GLOBALS_FILE, rt.recipients
-        )
+        script = encrypt_staged(staged, roles, ENCRYPTED_GLOBALS_FILE, rt.recipients)
     return EncryptResult(data=data, tables=listing, globals=script)

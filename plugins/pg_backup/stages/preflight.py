@@ -432,7 +432,15 @@ class Preflight:
         """Staging has room for the dump and its compressed and encrypted copies."""
         cfg = self.rt.cfg
         self.staging_free = check_free_space(cfg.staging_dir, self.estimated, cfg.staging_headroom)
-        return f"{self.staging_free / 1e9:,.1f} GB free in {cfg.staging_dir}"
+        local = f"{self.staging_free / 1e9:,.1f} GB free in {cfg.staging_dir}"
+        if cfg.staging_url is None:
+            return local
+        # Workers that share no disk hand over through the store: it must take an object.
+        from pg_backup.adapters.run_staging import staging_store
+
+        store = staging_store(cfg)
+        store.check_writable(layout.preflight_key(cfg.name))
+        return f"{store.url} writable; {local} for this worker's work files"
 
 
 def _restore_server(server: PgEndpoint, source: PgEndpoint, field: str) -> str:

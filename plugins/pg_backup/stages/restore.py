@@ -43,24 +43,27 @@ def restore_staged(
     :param attempt: the task's try number; a retry starts again from an empty database, since
         the attempt before may have restored half the objects
     """
-    cfg, run, dump = rt.cfg, rt.run, dumped.dump
+    cfg, dump = rt.cfg, dumped.dump
     databases = rt.scratch_databases
     if attempt > 1:
         databases.create(database, dumped.database or dumped.encoding)
     target = databases.endpoint(database)
-    path = run.staging_path / dump.name
-    staging.check_present(path, dump)
-    unpacked = None
-    if dump_format_of(path) == "directory":
-        # Unpacking reads the tar once and checks its hash in that same pass.
-        unpacked = unpack_dump(path, run.staging_path / layout.DUMP_DIR, dump)
-    else:
-        staging.verify_file(path, dump, "restore")
-    try:
-        seconds = restore_dump(target, str(unpacked or path), cfg.restore.jobs, cfg.dump.pg_bin_dir)
-    finally:
-        if unpacked is not None:
-            staging.remove_dir(unpacked)
+    store = rt.staging
+    # Unpacking a directory-format tar reads it once and checks its hash in that same pass.
+    packed = dumped.dump_format == "directory"
+    with store.local_copy(dump, "pg_restore -j reads it at random", checked=not packed) as path:
+        unpacked = None
+        if dump_format_of(path) == "directory":
+            unpacked = unpack_dump(path, store.workdir / layout.DUMP_DIR, dump)
+        elif packed:
+            staging.verify_file(path, dump, "restore")
+        try:
+            seconds = restore_dump(
+                target, str(unpacked or path), cfg.restore.jobs, cfg.dump.pg_bin_dir
+            )
+        finally:
+            if unpacked is not None:
+                staging.remove_dir(unpacked)
     _configure(rt, dumped, database)
     log.info(
         "restore done: %s into %s, %.1f MB/s, %.1f s (pg_restore -j %d)",
@@ -78,7 +81,7 @@ def _configure(rt: Runtime, dumped: DumpResult, database: str) -> None:
 
     Not its owner and grants: the scratch server need not have the source's roles.
     """
-    raw = json.loads(staging.read_small(rt.run.staging_path / dumped.tables.name, dumped.tables))
+    raw = json.loads(rt.staging.read_small(dumped.tables))
     if "globals" not in raw:
         return
     done = rt.scratch_databases.configure(

@@ -12,6 +12,7 @@ from typing import Any
 
 from pg_backup.adapters.databases import Databases
 from pg_backup.adapters.pgconn import PgEndpoint, endpoint, get_connection
+from pg_backup.adapters.run_staging import RunStaging, open_run_staging
 from pg_backup.adapters.storage import Storage, open_storage
 from pg_backup.core import keys, layout
 from pg_backup.core.config import TargetConfig
@@ -32,7 +33,7 @@ class Runtime:
     def __init__(self, cfg: TargetConfig, run: RunInfo | None = None, **resources: Any):
         self.cfg = cfg
         self._run = run
-        unknown = set(resources) - {"source", "scratch", "storage", "identities"}
+        unknown = set(resources) - {"source", "scratch", "storage", "identities", "staging"}
         if unknown:
             raise TypeError(f"unknown resources {sorted(unknown)}")
         self.__dict__.update(resources)  # pre-empts the cached properties below
@@ -99,6 +100,11 @@ class Runtime:
     def drill_databases(self) -> Databases:
         """Create/drop on the drill's server; the source database is refused on every call."""
         return Databases(self.drill_server, self.source)
+
+    @cached_property
+    def staging(self) -> RunStaging:
+        """Where the run's stages hand files over: ``staging_url`` if set, else ``staging_dir``."""
+        return open_run_staging(self.cfg, self.run)
 
     @cached_property
     def storage(self) -> Storage:

@@ -29,6 +29,7 @@ from pg_backup.adapters.catalog import (
     unfinished_deletes,
 )
 from pg_backup.adapters.notify import run_url, send_mail
+from pg_backup.adapters.run_staging import sweep_runs
 from pg_backup.adapters.storage import Storage
 from pg_backup.core import layout
 from pg_backup.core.config import TargetConfig
@@ -250,7 +251,8 @@ def housekeeping(rt: Runtime, dry_run: bool) -> dict[str, Any]:
         ),
         "staging_removed": clean_staging(
             cfg.staging_dir, cfg.name, cfg.retention.staging_keep_days, now
-        ),
+        )
+        + sweep_runs(cfg, now - timedelta(days=cfg.retention.staging_keep_days)),
     }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from pg_backup.adapters import catalog_index, staging
+from pg_backup.adapters import catalog_index
 from pg_backup.adapters.storage import Storage, retain_until
 from pg_backup.core import layout
 from pg_backup.core.errors import StagedFileError, StorageError
@@ -115,12 +115,8 @@ def prove_can_finish(rt: Runtime, files: list[StagedFile], before_withdrawing: b
     :raises StagedFileError: naming the file; nothing in storage has been touched yet
     """
     for staged in files:
-        path = rt.run.staging_path / staged.name
         try:
-            if before_withdrawing:
-                staging.verify_file(path, staged, "upload")
-            else:
-                staging.check_present(path, staged)
+            rt.staging.check(staged, full=before_withdrawing)
         except StagedFileError as exc:
             raise StagedFileError(
                 f"upload cannot rewrite set {rt.run.backup_id}: {exc.summary}. Nothing in "
@@ -184,7 +180,7 @@ def upload_set(
         store.delete(prefix + name)
     lock_until = retain_until(cfg.storage, run.taken_at)
     for staged, name in pending:
-        store.put_file(run.staging_path / staged.name, prefix + name, staged, lock_until)
+        rt.staging.send(staged, store, prefix + name, lock_until)
     for staged, name in objects:
         if (staged, name) not in pending:
             log.info("upload: %s already in storage exactly as staged: kept", name)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pg_backup.adapters import staging
 from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.counts import (
@@ -130,7 +129,7 @@ def verify_restore(
     """
     cfg, run = rt.cfg, rt.run
     started = time.monotonic()
-    doc = json.loads(staging.read_small(run.staging_path / dumped.tables.name, dumped.tables))
+    doc = json.loads(rt.staging.read_small(dumped.tables))
     target = rt.scratch_databases.endpoint(restored.database)
     proof = prove_database(target, doc, cfg)
     record = Verification(
