@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pg_backup.adapters.notify import deadline_alerts
+from pg_backup.adapters.notify import deadline_alerts, failure_notifier
 from pg_backup.core import params
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.layout import run_info
@@ -21,9 +21,10 @@ from pg_backup.dags.common import BackupDAG, backup_asset, dag_settings
 DOC_BACKUP = """
 ### Verified PostgreSQL backup of `{target}`
 
-preflight → dump (exported snapshot + exact counts) → compress (zstd) → encrypt (age) →
-upload (data, tables, manifest last) → restore into `pgb_verify_<backup id>` → verify rows,
-content and objects.
+preflight → dump (exported snapshot + exact counts), then two branches at once:
+compress (zstd) → encrypt (age) → upload (data, tables, manifest last), and
+restore into `pgb_verify_<backup id>` → verify rows, content and objects;
+then mark_verified stores `verification.json` once both succeeded.
 Teardowns always drop the scratch database and clear staging (kept when a stage failed).
 
 * Storage: `{storage}`
@@ -41,6 +42,20 @@ The set is tagged `emergency` and kept `keep_days` days, apart from the daily ro
 Untick `verify` only when there is no time for the verification restore.
 """
 
+# Absolute priorities: with few worker slots, a dump (of any target) starts before another
+# target's verification restore, so a long restore never delays the next backup's snapshot.
+PRIORITY = {
+    Stage.PREFLIGHT: 30,
+    Stage.DUMP: 30,
+    Stage.COMPRESS: 20,
+    Stage.ENCRYPT: 20,
+    Stage.UPLOAD: 20,
+    BackupTask.MARK_VERIFIED: 20,
+    BackupTask.CREATE_SCRATCH_DB: 10,
+    Stage.RESTORE: 10,
+    Stage.VERIFY: 10,
+}
+
 TASK_DOCS = {
     Stage.PREFLIGHT: "Source reachable, pg_dump new enough, scratch server is not the source "
     "and holds the source's locale, storage writable, staging space enough, recipients parse. "
@@ -56,12 +71,29 @@ TASK_DOCS = {
     "scratch server.",
     Stage.RESTORE: "pg_restore -j into the scratch database; any error fails with its messages.",
     Stage.VERIFY: "Restored rows, content fingerprints, objects and sequence values == the "
-    "snapshot's; writes verification.json; emits the asset event.",
+    "snapshot's; stages the record (stored by mark_verified once the upload succeeded).",
+    BackupTask.MARK_VERIFIED: "Once the upload and verify both ended: stores verification.json "
+    "beside the manifest (failed proofs too, as failed), refreshes the catalog index, emits the "
+    "asset event. Writes nothing unless the upload proved the set in storage.",
     BackupTask.DROP_SCRATCH_DB: "Teardown: drops the scratch database, whatever happened.",
     BackupTask.CLEANUP_STAGING: "Teardown: removes the run's staging files once the set is "
     "complete; keeps them after a failure for inspection (the retention sweep removes them "
     "later).",
 }
+
+
+class _AlreadyReported(AirflowFailException):
+    """mark_verified failing because an upstream task failed: no retries, no second mail."""
+
+
+def _unless_already_reported(notifier: Any) -> Any:
+    """The failure mail, except for a failure that only repeats an upstream task's."""
+
+    def notify(context: dict[str, Any]) -> None:
+        if not isinstance(context.get("exception"), _AlreadyReported):
+            notifier(context)
+
+    return notify if notifier is not None else None
 
 
 def emergency_params(cfg: TargetConfig) -> dict[str, Param]:
@@ -111,11 +143,20 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             task_id=name.value,
             execution_timeout=getattr(timeouts, name.value),
             doc_md=TASK_DOCS[name],
+            priority_weight=PRIORITY[name],
+            weight_rule="absolute",
             **kwargs,
         )
 
-    def side_task(name: BackupTask) -> Any:
-        return task(task_id=name.value, execution_timeout=timeouts.teardown, doc_md=TASK_DOCS[name])
+    def side_task(name: BackupTask, **kwargs: Any) -> Any:
+        return task(
+            task_id=name.value,
+            execution_timeout=timeouts.teardown,
+            doc_md=TASK_DOCS[name],
+            priority_weight=PRIORITY.get(name, 1),
+            weight_rule="absolute",
+            **kwargs,
+        )
 
     with BackupDAG(
         dag_id=backup_dag_id(cfg.name, kind),
@@ -202,20 +243,44 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
                 attempt=context["ti"].try_number,
             ).to_xcom()
 
-        @stage(Stage.VERIFY, outlets=[asset])
-        def verify(
-            dumped: dict[str, Any], restored: dict[str, Any], uploaded: dict[str, Any], **context
-        ) -> dict[str, Any]:
-            from pg_backup.core.records import DumpResult, RestoreResult, UploadResult
-            from pg_backup.stages.verify import asset_event, verify_restore
+        @stage(Stage.VERIFY)
+        def verify(dumped: dict[str, Any], restored: dict[str, Any], **context) -> dict[str, Any]:
+            from pg_backup.core.records import DumpResult, RestoreResult
+            from pg_backup.stages.verify import verify_restore
 
-            rt = runtime(context)
             record = verify_restore(
-                rt, DumpResult.from_xcom(dumped), RestoreResult.from_xcom(restored)
+                runtime(context), DumpResult.from_xcom(dumped), RestoreResult.from_xcom(restored)
             )
-            context["outlet_events"][asset].extra = asset_event(
-                rt, UploadResult.from_xcom(uploaded), record
-            )
+            return record.model_dump(mode="json")
+
+        # Runs once both branches ended (a skipped verify, verify=false, skips it): it stores
+        # the record only if the upload succeeded, and fails unless the proof did.
+        @side_task(
+            BackupTask.MARK_VERIFIED,
+            outlets=[asset],
+            trigger_rule="all_done_min_one_success",
+            on_failure_callback=_unless_already_reported(failure_notifier(cfg)),
+        )
+        def mark_verified(**context: Any) -> dict[str, Any]:
+            from pg_backup.core.errors import FollowOnFailure
+            from pg_backup.core.manifest import Verification
+            from pg_backup.core.records import UploadResult
+            from pg_backup.stages.mark_verified import mark_verified as mark
+            from pg_backup.stages.verify import asset_event
+
+            ti = context["ti"]
+            uploaded = ti.xcom_pull(task_ids=Stage.UPLOAD.value)
+            verified = ti.xcom_pull(task_ids=Stage.VERIFY.value)
+            rt = runtime(context)
+            upload = UploadResult.from_xcom(uploaded) if uploaded else None
+            try:
+                record = mark(
+                    rt, upload, Verification.model_validate(verified) if verified else None
+                )
+            except FollowOnFailure as exc:
+                raise _AlreadyReported(str(exc)) from None
+            assert upload is not None  # mark() raised otherwise
+            context["outlet_events"][asset].extra = asset_event(rt, upload, record)
             return record.model_dump(mode="json")
 
         @side_task(BackupTask.DROP_SCRATCH_DB)
@@ -229,7 +294,7 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             from pg_backup.stages.cleanup import cleanup_staging as cleanup
 
             # The set is complete when its last task recorded a result.
-            last = Stage.VERIFY if verifying(context) else Stage.UPLOAD
+            last = BackupTask.MARK_VERIFIED if verifying(context) else Stage.UPLOAD
             return cleanup(runtime(context), bool(context["ti"].xcom_pull(task_ids=last.value)))
 
         checked = preflight()
@@ -237,15 +302,17 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
         compressed = compress(dumped)
         encrypted = encrypt(compressed, dumped)
         uploaded = upload(dumped, encrypted, checked)
+        # The verification restore needs only the staged dump: it runs beside the upload.
         scratch = create_scratch_db(dumped)
         restored = restore(dumped, scratch)
-        verified = verify(dumped, restored, uploaded)
+        verified = verify(dumped, restored)
+        marked = mark_verified()
         dropped = drop_scratch_db().as_teardown(setups=scratch)
         cleaned = cleanup_staging().as_teardown(setups=checked)
 
         checked >> dumped
-        uploaded >> scratch
+        [uploaded, verified] >> marked
         verified >> dropped
-        [verified, dropped] >> cleaned
+        [marked, dropped] >> cleaned
 
     return dag

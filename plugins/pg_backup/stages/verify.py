@@ -2,9 +2,13 @@
 
 Every relation's row count and content fingerprint (``core.fingerprint``), every object of the
 inventory and every sequence value are compared with what the dump recorded in its snapshot
-(``core.proof``). Writes ``verification.json`` beside the manifest whatever the outcome (what
-was proven and what was skipped and why, in numbers), then fails on any difference, naming each
-relation and object in a table (the log and the failure mail).
+(``core.proof``). Stages the record ``verification.json`` whatever the outcome (what was proven
+and what was skipped and why, in numbers), then fails on any difference, naming each relation
+and object in a table (the log and the failure mail).
+
+The restore and this proof run beside compress, encrypt and upload. The record reaches storage
+only through ``mark_verified`` (``stages.mark_verified``), once the upload has proven the set's
+bytes in storage: a verification record never describes bytes storage does not hold.
 """
 
 from __future__ import annotations
@@ -15,9 +19,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from pg_backup.adapters import catalog_index, staging
+from pg_backup.adapters import staging
 from pg_backup.adapters.pgconn import PgEndpoint
-from pg_backup.adapters.storage import retain_until
 from pg_backup.core import layout
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.counts import (
@@ -115,13 +118,15 @@ def log_proof(proof: Proof, what: str) -> None:
 
 
 def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> Verification:
-    """Prove the scratch database against the snapshot; store verification.json beside the manifest.
+    """Prove the scratch database against the snapshot; stage the record as verification.json.
 
-    :raises VerificationFailed: a relation or object differs (the record is stored first, as
-        failed); the message is the table of differences
+    :raises VerificationFailed: a relation or object differs (the record is staged first, as
+        failed, for ``mark_verified`` to store); the message is the table of differences
     """
     cfg, run = rt.cfg, rt.run
     started = time.monotonic()
+    staged = run.staging_path / layout.VERIFICATION_OBJECT
+    staged.unlink(missing_ok=True)  # an earlier try's record never stands for this one
     doc = json.loads(staging.read_small(run.staging_path / dumped.tables.name, dumped.tables))
     target = rt.scratch_databases.endpoint(restored.database)
     proof = prove_database(target, doc, cfg)
@@ -143,12 +148,7 @@ def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> 
         partition_roots=len(proof.rows.roots),
         skipped=[Skipped(**item) for item in proof.skipped()],
     )
-    rt.storage.put_bytes(
-        run.prefix + layout.VERIFICATION_OBJECT,
-        record.to_bytes(),
-        retain_until(cfg.storage, run.taken_at),
-    )
-    catalog_index.record_verification(rt.storage, run.target, record)
+    staging.write_small(staged, record.to_bytes())
     log_proof(proof, "verify")
     if not proof.ok:
         raise VerificationFailed(
