@@ -64,9 +64,10 @@ airflow: install tools pg-up
 	$(BIN)/python -m pg_backup.demo airflow
 
 # Benchmarks (not part of `make test`): the voting database of about SIZE, then every scenario
-# REPEAT times side by side; report in bench-results/. The scale run: SIZES="0.25G 1G 4G".
-SIZE ?= 1G
-SIZES ?= $(SIZE)
+# REPEAT times side by side; report in bench-results/ and docs/benchmark.{md,png,json}.
+# The scale run: SIZES="0.25G 1G 4G".
+SIZE ?=
+SIZES ?= $(or $(SIZE),0.25G 1G)
 REPEAT ?= 3
 BENCH := $(BIN)/python -m tests.benchmarks.bench --host $(PGHOST) --port $(PGPORT)
 
@@ -75,4 +76,4 @@ bench-data: install tools pg-up
 
 bench: install tools pg-up
 	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev,bench]'
-	$(BENCH) run $(foreach s,$(SIZES),--size $(s)) --repeat $(REPEAT)
+	$(BENCH) run $(foreach s,$(SIZES),--size $(s)) --repeat $(REPEAT) --docs docs
