@@ -557,6 +557,19 @@ def write(doc: dict[str, Any], out: Path, name: str = "report.md", png: str = "b
             "",
         ]
     lines += _jobs_section(sizes)
+    if doc.get("proof_cost"):
+        from tests.benchmarks.proof_cost import summarize
+
+        cost = doc["proof_cost"]
+        lines += [
+            f"## The content proof's cost (`{cost['db']}`)",
+            "",
+            "Counts only against counts + content fingerprints, interleaved, medians "
+            "(`python -m tests.benchmarks.proof_cost`):",
+            "",
+            summarize(cost["runs"]),
+            "",
+        ]
     lines += ["## Ratios", "", "```", ratios_text(doc), "```", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / name).write_text("\n".join(lines))
@@ -645,6 +658,9 @@ if __name__ == "__main__":
     # chart (and docs/benchmark.md, .png from the same results).
     source = Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results/results.json")
     results = json.loads(source.read_text())
+    proof_cost = source.with_name("proof-cost.json")  # make bench writes it after the run
+    if proof_cost.exists():
+        results["proof_cost"] = json.loads(proof_cost.read_text())
     write(results, source.parent)
     if len(sys.argv) > 2:
         write(results, Path(sys.argv[2]), "benchmark.md", "benchmark.png")
