@@ -329,3 +329,26 @@ def test_every_stage_is_a_task_named_after_it(dagbag: Any, dag_id: str) -> None:
     for stage in Stage:
         assert d.get_task(stage.value).execution_timeout == getattr(timeouts, stage.value)
     assert {t.value for t in BackupTask} | {s.value for s in Stage} == set(d.task_ids)
+
+
+@pytest.mark.parametrize("dag_id", SCHEDULED + EMERGENCY)
+def test_restore_branch_beside_the_upload_and_dumps_first(dagbag: Any, dag_id: str) -> None:
+    """The restore depends on the dump only; mark_verified on upload and verify; dumps outrank restores."""
+    d = dag(dagbag, dag_id)
+    task = d.get_task
+    assert task("create_scratch_db").upstream_task_ids == {"dump"}
+    assert task("restore").upstream_task_ids == {"dump", "create_scratch_db"}
+    assert task("verify").upstream_task_ids == {"dump", "restore"}
+    assert task("mark_verified").upstream_task_ids == {"upload", "verify"}
+    assert task("mark_verified").trigger_rule == "all_done_min_one_success"
+    assert [o.name for o in task("mark_verified").outlets] == [d.dag_id.replace("_emergency", "")]
+    assert not task("verify").outlets
+    assert "mark_verified" in task("cleanup_staging").upstream_task_ids
+
+    def weight(task_id: str) -> int:
+        t = task(task_id)
+        assert "absolute" in str(t.weight_rule).lower(), (task_id, t.weight_rule)
+        return int(t.priority_weight)
+
+    restoring = max(weight(t) for t in ("create_scratch_db", "restore", "verify"))
+    assert weight("dump") > weight("upload") > restoring
