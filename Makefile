@@ -64,10 +64,13 @@ airflow: install tools pg-up
 	$(BIN)/python -m pg_backup.demo airflow
 
 # Benchmarks (not part of `make test`): the voting database of about SIZE, then every scenario
-# REPEAT times side by side; report in bench-results/. The scale run: SIZES="0.25G 1G 4G".
-SIZE ?= 1G
-SIZES ?= $(SIZE)
+# REPEAT times side by side; report in bench-results/ and docs/benchmark.{md,png,json}.
+# The scale run: SIZES="0.25G 1G 4G".
+SIZE ?=
+SIZES ?= $(or $(SIZE),0.25G 1G)
 REPEAT ?= 3
+# The content proof's cost is measured on the largest size of the run.
+PROOF_DB ?= pgb_bench_$(subst .,_,$(shell echo $(lastword $(SIZES)) | tr A-Z a-z))
 BENCH := $(BIN)/python -m tests.benchmarks.bench --host $(PGHOST) --port $(PGPORT)
 
 bench-data: install tools pg-up
@@ -75,4 +78,7 @@ bench-data: install tools pg-up
 
 bench: install tools pg-up
 	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev,bench]'
-	$(BENCH) run $(foreach s,$(SIZES),--size $(s)) --repeat $(REPEAT)
+	$(BENCH) run $(foreach s,$(SIZES),--size $(s)) --repeat $(REPEAT) --docs docs
+	$(BIN)/python -m tests.benchmarks.proof_cost --db $(PROOF_DB) --repeat $(REPEAT) \
+		--out bench-results/proof-cost.json
+	$(BIN)/python -m tests.benchmarks.report bench-results/results.json docs

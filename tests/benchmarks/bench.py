@@ -15,6 +15,10 @@ repetition to the next, so a noisy neighbour does not always hit the same scenar
   E   pg_restore -j2 of B into a fresh database; E-ours: our restore + verify of D's
       staged dump (E-ours-j2: of D-j2's)
   F   the whole backup DAG under dag.test() (preflight .. verify, teardowns): what Airflow adds
+  R   bare pg_restore -j2 --no-owner of C's dump (-Fc -Z0, from a file) into a fresh database
+  G   the whole daily DAG under a real scheduler (LocalExecutor, parallelism 4, api-server,
+      dag-processor): the restore branch runs beside compress -> encrypt -> upload, as in
+      production; wall = the run's start to end in the metadata database
 
 For each: wall and CPU seconds, peak RSS of every process (ours, and the PostgreSQL backends
 serving it), output bytes. Writes report.md, results.json and bench.png to the output
@@ -56,6 +60,8 @@ LABELS = {
     "E-ours": "ours: restore (pg_restore -j2) + verify",
     "E-ours-j2": "ours: restore + verify of the jobs=2 set",
     "F": "the whole DAG under dag.test()",
+    "R": "bare pg_restore -j2 --no-owner of C's dump into a fresh database",
+    "G": "the whole DAG under a real scheduler (LocalExecutor), content proof included",
 }
 STAGES = ("dump", "compress", "encrypt", "upload")
 ORDER = list(LABELS)
@@ -174,6 +180,7 @@ class SizeBench:
         log: Path,
         dbname: str | None = None,
     ):
+        self.scheduler: SchedulerStack | None = None
         self.pg = pg
         self.size = size
         self.db = dbname or db_name(size)
@@ -208,6 +215,7 @@ class SizeBench:
             "bench": target(),
             "benchj2": target(dump={"jobs": 2}),
             "benchdag": target(staging_dir=str(self.work / "staging-dag")),
+            "benchsched": target(staging_dir=str(self.work / "staging-sched")),
         }
         if self.s3_endpoint:
             targets["benchs3"] = target(
@@ -337,10 +345,27 @@ class SizeBench:
         )
         streamed = out.stat().st_size
         out.unlink()
+        # R: the floor of the verification restore, from C's dump kept in a file (untimed).
+        plain = self.work / "c.dump"
+        subprocess.run(
+            ["pg_dump", "-Fc", "-Z0", "-f", str(plain), self.db],
+            check=True,
+            env=self.pg.env(_clean_env()),
+        )
+        fresh = f"pgb_bench_rr_{rep}"
+        self.pg.recreate(fresh)
+        r = self._cmd(
+            "pg_restore -j2 --no-owner",
+            ["pg_restore", "-j2", "--no-owner", "-d", fresh, str(plain)],
+            [fresh],
+        )
+        self.pg.drop(fresh)
+        plain.unlink()
         return [
             Result("C", rep, [c]),
             Result("C-j2", rep, [c2], size),
             Result("S", rep, [stream], streamed),
+            Result("R", rep, [r]),
         ]
 
     def _ours(self, rep: int, target: str, key: str) -> list[Result]:
@@ -421,6 +446,39 @@ class SizeBench:
         shutil.rmtree(self.work / "staging-dag", ignore_errors=True)
         return [Result("F", rep, [m], size)]
 
+    def run_g(self, rep: int) -> list[Result]:
+        if self.scheduler is None:
+            self.scheduler = SchedulerStack(
+                self.work / "airflow-sched", self._scheduler_env(), self.log
+            )
+        stats = self.scheduler.run_once("pg_backup_emergency_benchsched", f"bench rep {rep}")
+        m = Measurement(
+            "scheduler run", stats["wall"], 0.0, 0 if stats["state"] == "success" else 1
+        )
+        m.extra.update(stats)
+        stored = [p for p in (self.work / "storage").rglob("db.dump.zst.age")]
+        size = stored[0].stat().st_size if stored else None
+        shutil.rmtree(self.work / "storage", ignore_errors=True)
+        shutil.rmtree(self.work / "staging-sched", ignore_errors=True)
+        if stats["state"] != "success":
+            raise RuntimeError(f"the scheduled run ended {stats['state']}: {stats['tasks']}")
+        return [Result("G", rep, [m], size, {"tasks": stats["tasks"]})]
+
+    def _scheduler_env(self) -> dict[str, str]:
+        return dict(
+            _clean_env(),
+            PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            PG_BACKUP_CONFIG=str(self.config),
+            AIRFLOW_CONN_BENCH_SRC=json.dumps(_conn(self.pg, self.db)),
+            AIRFLOW_CONN_BENCH_SCRATCH=json.dumps(_conn(self.pg, "postgres")),
+        )
+
+    def close(self) -> None:
+        """Stop the scheduler stack, if one was started."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+
     def run(self, repeat: int, only: set[str] | None = None) -> None:
         groups: list[tuple[set[str], Callable[[int], list[Result]]]] = [
             ({"A"}, self.run_a),
@@ -429,6 +487,7 @@ class SizeBench:
             ({"D", "D-s3", "E-ours"}, self.run_d),
             ({"D-j2", "E-ours-j2"}, self.run_dj2),
             ({"F"}, self.run_f),
+            ({"G"}, self.run_g),
         ]
         if only:
             groups = [g for g in groups if g[0] & only]
@@ -537,10 +596,145 @@ def level_sweep(dump: Path, work: Path) -> dict[str, Any]:
         out["levels"].append(
             {"level": level, "bytes": len(packed), "seconds": time.monotonic() - started}
         )
+        # Long-distance matching (zstd --long=27): repeats further apart than the level's window.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, enable_ldm=True, window_log=27, threads=-1
+        )
+        started = time.monotonic()
+        packed = zstandard.ZstdCompressor(compression_params=params).compress(sample)
+        out["levels"].append(
+            {
+                "level": level,
+                "long": True,
+                "bytes": len(packed),
+                "seconds": time.monotonic() - started,
+            }
+        )
     return out
 
 
 # --- services ---------------------------------------------------------------------------------
+
+
+class SchedulerStack:
+    """``deploy/airflow.sh all`` (scheduler, dag-processor, triggerer, api-server; LocalExecutor,
+    parallelism 4, SQLite) in a session of its own; runs are triggered and read through the CLI
+    and the metadata database."""
+
+    def __init__(self, home: Path, env: dict[str, str], log: Path):
+        import socket
+
+        home.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.home = home
+        self.env = dict(
+            env,
+            AIRFLOW_HOME=str(home),
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+            AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+            AIRFLOW__CORE__LOAD_EXAMPLES="False",
+            AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+            AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
+            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
+            AIRFLOW__CORE__PARALLELISM="4",
+            AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
+            AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+            AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
+            PG_BACKUP_API_PORT=str(port),
+            PG_BACKUP_API_HOST="127.0.0.1",
+        )
+        self.proc = subprocess.Popen(
+            [str(REPO / "deploy" / "airflow.sh"), "all"],
+            env=self.env,
+            stdout=open(log, "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.unpaused: set[str] = set()
+
+    def _airflow(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "airflow", *args], env=self.env, capture_output=True, text=True
+        )
+
+    def _query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        import sqlite3
+
+        with sqlite3.connect(self.home / "airflow.db", timeout=30) as db:
+            return db.execute(sql, params).fetchall()
+
+    def run_once(self, dag_id: str, reason: str, timeout: float = 3600) -> dict[str, Any]:
+        """Trigger one run, wait for its end; its wall seconds and every task's times."""
+        deadline = time.monotonic() + timeout
+        while dag_id not in self.unpaused:
+            try:
+                rows = self._query("SELECT is_paused FROM dag WHERE dag_id=?", dag_id)
+            except Exception:  # noqa: BLE001 - the metadata database is still being made
+                rows = []
+            if rows and not rows[0][0]:
+                self.unpaused.add(dag_id)
+                break
+            if rows:
+                self._airflow("dags", "unpause", dag_id)
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the scheduler stack never parsed " + dag_id)
+            time.sleep(3)
+        run_id = f"bench__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
+        done = self._airflow(
+            "dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps({"reason": reason})
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-2000:])
+        while True:
+            rows = self._query(
+                "SELECT state, start_date, end_date FROM dag_run WHERE dag_id=? AND run_id=?",
+                dag_id,
+                run_id,
+            )
+            if rows and rows[0][0] in ("success", "failed"):
+                break
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"{dag_id} {run_id} did not end")
+            time.sleep(1)
+        state, start, end = rows[0]
+        tasks = {
+            task: {"state": st, "start": s, "end": e}
+            for task, st, s, e in self._query(
+                "SELECT task_id, state, start_date, end_date FROM task_instance "
+                "WHERE dag_id=? AND run_id=?",
+                dag_id,
+                run_id,
+            )
+        }
+
+        def ts(value: str) -> float:
+            return datetime.fromisoformat(value).timestamp()
+
+        return {"state": state, "wall": ts(end) - ts(start), "tasks": tasks}
+
+    def stop(self) -> None:
+        """TERM the launcher (it KILLs its process group), then KILL whatever of the session is left."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.proc.pid:  # the session id: this stack's processes
+                try:
+                    os.kill(int(stat.parent.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.proc.poll() is None:
+            self.proc.wait()
 
 
 class S3Server:
@@ -663,6 +857,7 @@ def run_bench(
     only: set[str] | None = None,
     dbname: str | None = None,
     keep_work: bool = False,
+    docs: Path | None = None,
 ) -> dict[str, Any]:
     """Measure every size, write results.json, report.md and bench.png into ``out``."""
     from pyrage import x25519
@@ -696,7 +891,10 @@ def run_bench(
                 pg, size, work / size, s3.endpoint if s3 else None, af_env, recipient, log, dbname
             )
             facts = bench.facts()
-            bench.run(repeat, only)
+            try:
+                bench.run(repeat, only)
+            finally:
+                bench.close()
             doc["sizes"].append(
                 {
                     "size": size,
@@ -705,18 +903,21 @@ def run_bench(
                     "results": [r.to_dict() for r in bench.results],
                 }
             )
-            _publish(doc, out)  # a later size failing does not lose this one
+            _publish(doc, out, docs)  # a later size failing does not lose this one
     finally:
         if s3:
             s3.stop()
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    _publish(doc, out)
+    _publish(doc, out, docs)
     return doc
 
 
-def _publish(doc: dict[str, Any], out: Path) -> None:
-    """Write results.json, report.md and bench.png for the sizes measured so far."""
+def _publish(doc: dict[str, Any], out: Path, docs: Path | None = None) -> None:
+    """Write results.json, report.md and bench.png for the sizes measured so far.
+
+    With ``docs``: also ``benchmark.md``, ``benchmark.png`` and ``benchmark.json`` there.
+    """
     from tests.benchmarks import report
 
     doc["machine"]["loadavg_end"] = os.getloadavg()
@@ -724,6 +925,19 @@ def _publish(doc: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     if doc["sizes"]:
         report.write(doc, out)
+        if docs is not None:
+            docs.mkdir(parents=True, exist_ok=True)
+            report.write(doc, docs, "benchmark.md", "benchmark.png")
+            (docs / "benchmark.json").write_text(json.dumps(_without_work(doc), indent=1))
+
+
+def _without_work(doc: dict[str, Any]) -> dict[str, Any]:
+    """The results without per-process detail (the docs copy stays small)."""
+    sizes = []
+    for size in doc["sizes"]:
+        rows = [{k: v for k, v in r.items() if k != "parts"} for r in size["results"]]
+        sizes.append({**size, "results": rows})
+    return {**doc, "sizes": sizes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -745,6 +959,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", help="comma-separated scenarios (default: all)")
     run.add_argument("--db", help="database name instead of pgb_bench_<size> (tests)")
     run.add_argument("--keep-work", action="store_true", help="keep out/work for a look")
+    run.add_argument("--docs", type=Path, help="also write benchmark.md/.png/.json here")
     args = parser.parse_args(argv)
     pg = Pg(args.host, args.port, args.user)
     if args.command == "data":
@@ -755,7 +970,14 @@ def main(argv: list[str] | None = None) -> int:
 
     only = set(args.only.split(",")) if args.only else None
     doc = run_bench(
-        pg, args.size, args.repeat, args.out, only=only, dbname=args.db, keep_work=args.keep_work
+        pg,
+        args.size,
+        args.repeat,
+        args.out,
+        only=only,
+        dbname=args.db,
+        keep_work=args.keep_work,
+        docs=args.docs,
     )
     print(f"\nreport: {args.out / 'report.md'}  chart: {args.out / 'bench.png'}\n")
     print(report.ratios_text(doc))

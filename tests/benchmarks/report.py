@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 MB = 1e6
-RSS_LIMIT = 200 * MB
+RSS_LIMIT = 150 * MB
 STAGE_SCENARIOS = ("D", "D-s3", "D-j2", "E-ours", "E-ours-j2")
 
 
@@ -92,27 +92,34 @@ def _ratio_of_medians(size: Size, num: str, den: str, key: str = "wall") -> floa
     return a / b if a and b else None
 
 
-TARGETS: list[tuple[str, str, float, Callable[[Size], float | None], Callable[[Size], list]]] = [
-    (
-        "D(file) / A",
-        "wall",
-        0.5,
-        lambda s: _ratio_of_medians(s, "D", "A"),
-        lambda s: s.paired("D", "A"),
-    ),
+def _d_over_c_limit(size: Size) -> float:
+    """Issue 13: the staged path within 1.4x the floor at 1 GB and up, 2.0x below."""
+    return 2.0 if size.gb < 0.5 else 1.4
+
+
+Limit = float | Callable[[Size], float]
+
+TARGETS: list[tuple[str, str, Limit, Callable[[Size], float | None], Callable[[Size], list]]] = [
     (
         "D(file) / C",
         "wall",
-        2.0,
+        _d_over_c_limit,
         lambda s: _ratio_of_medians(s, "D", "C"),
         lambda s: s.paired("D", "C"),
     ),
     (
-        "E-ours / E (pg_restore -j2)",
+        "D(file) / A",
+        "wall",
+        0.45,
+        lambda s: _ratio_of_medians(s, "D", "A"),
+        lambda s: s.paired("D", "A"),
+    ),
+    (
+        "G (scheduler) / (C + R)",
         "wall",
         1.15,
-        lambda s: _ratio_of_medians(s, "E-ours", "E"),
-        lambda s: s.paired("E-ours", "E"),
+        lambda s: _g_ratio(s),
+        lambda s: _g_pairs(s),
     ),
     (
         "artifact / cron .sql.gz",
@@ -124,15 +131,36 @@ TARGETS: list[tuple[str, str, float, Callable[[Size], float | None], Callable[[S
     (
         "peak RSS of any stage process",
         "MB",
-        200.0,
+        RSS_LIMIT / MB,
         lambda s: max((r for _, _, r in s.stage_rss()), default=0) / MB or None,
         lambda s: [],
     ),
 ]
+
+
+def _g_ratio(size: Size) -> float | None:
+    g, c, r = size.median("G"), size.median("C"), size.median("R")
+    return g / (c + r) if g and c and r else None
+
+
+def _g_pairs(size: Size) -> list[float]:
+    g = {x["rep"]: x["wall"] for x in size.by.get("G", [])}
+    c = {x["rep"]: x["wall"] for x in size.by.get("C", [])}
+    r = {x["rep"]: x["wall"] for x in size.by.get("R", [])}
+    return [g[k] / (c[k] + r[k]) for k in sorted(g.keys() & c.keys() & r.keys())]
+
+
+def _limit(limit: Limit, size: Size) -> float:
+    return limit(size) if callable(limit) else limit
+
+
 INFO: list[tuple[str, Callable[[Size], float | None]]] = [
     ("D(s3) / A", lambda s: _ratio_of_medians(s, "D-s3", "A")),
     ("D(s3) / C", lambda s: _ratio_of_medians(s, "D-s3", "C")),
     ("F (dag.test) / (D + E-ours)", lambda s: _f_ratio(s)),
+    ("G (scheduler) / F (dag.test)", lambda s: _ratio_of_medians(s, "G", "F")),
+    ("E-ours / E (pg_restore -j2)", lambda s: _ratio_of_medians(s, "E-ours", "E")),
+    ("R / E (Z0 vs compressed dump)", lambda s: _ratio_of_medians(s, "R", "E")),
     ("D-j2 / D (whole stages)", lambda s: _ratio_of_medians(s, "D-j2", "D")),
     ("dump stage jobs=2 / jobs=1", lambda s: _stage_ratio(s, "D-j2", "D", "dump")),
     ("C-j2 / C (pg_dump alone)", lambda s: _ratio_of_medians(s, "C-j2", "C")),
@@ -150,15 +178,19 @@ def _stage_ratio(size: Size, num: str, den: str, stage: str) -> float | None:
     return statistics.median(a) / statistics.median(b) if a and b else None
 
 
-def _verdicts(labels: list[str], values: list[float | None], limit: float) -> str:
+def _verdicts(sizes: list[Size], values: list[float | None], limit: Limit) -> str:
     """ "met" at every size, or which sizes miss and by how much."""
-    known = [(label, v) for label, v in zip(labels, values, strict=True) if v is not None]
+    known = [(s, v) for s, v in zip(sizes, values, strict=True) if v is not None]
     if not known:
         return "n/a"
-    missed = [f"{label} +{(v / limit - 1) * 100:.0f}%" for label, v in known if v > limit]
+    missed = [
+        f"{s.label} +{(v / _limit(limit, s) - 1) * 100:.0f}%"
+        for s, v in known
+        if v > _limit(limit, s)
+    ]
     if not missed:
         return "met"
-    met = [label for label, v in known if v <= limit]
+    met = [s.label for s, v in known if v <= _limit(limit, s)]
     return "MISSED at " + ", ".join(missed) + (f"; met at {', '.join(met)}" if met else "")
 
 
@@ -172,9 +204,10 @@ def ratios_text(doc: dict[str, Any]) -> str:
         shown = "".join(
             f"{(f'{v:.0f}' if unit == 'MB' else f'{v:.2f}') if v else '—':>10}" for v in vals
         )
+        limits = "/".join(sorted({f"{_limit(limit, s):g}" for s in sizes}))
         lines.append(
-            f"{name:<34}{shown}   <= {limit:g}{' MB' if unit == 'MB' else ''}  "
-            f"{_verdicts([s.label for s in sizes], vals, limit)}"
+            f"{name:<34}{shown}   <= {limits}{' MB' if unit == 'MB' else ''}  "
+            f"{_verdicts(sizes, vals, limit)}"
         )
     rss = [max((r for _, _, r in s.stage_rss()), default=0) for s in sizes]
     if len(sizes) > 1 and rss[0]:
@@ -286,10 +319,11 @@ def _targets_table(sizes: list[Size]) -> list[str]:
             else:
                 rng = f" ({min(pairs):.2f}–{max(pairs):.2f})" if len(pairs) > 1 else ""
                 cells.append(f"{value:.2f}{rng}")
+        limits = " / ".join(f"{_limit(limit, s):g}" for s in sizes)
         lines.append(
             f"| {name} ({unit}) | "
             + " | ".join(cells)
-            + f" | ≤ {limit:g} | {_verdicts([s.label for s in sizes], [fn(s) for s in sizes], limit)} |"
+            + f" | ≤ {limits} | {_verdicts(sizes, [fn(s) for s in sizes], limit)} |"
         )
     if len(sizes) > 1:
         rss = [max((r for _, _, r in s.stage_rss()), default=0) for s in sizes]
@@ -322,6 +356,54 @@ def _scale_table(sizes: list[Size]) -> list[str]:
     return lines
 
 
+# The tasks of the daily DAG on its longest path (the restore branch), in order.
+G_PATH = ("preflight", "dump", "create_scratch_db", "restore", "verify", "mark_verified")
+
+
+def _g_path(size: Size) -> dict[str, float] | None:
+    """Medians over G's repetitions: seconds inside each task of the longest path, and between."""
+    from datetime import datetime
+
+    def ts(value: str) -> float:
+        return datetime.fromisoformat(value).timestamp()
+
+    runs: list[dict[str, float]] = []
+    for row in size.by.get("G", []):
+        tasks = row["notes"].get("tasks") or {}
+        if not all(tasks.get(t, {}).get("end") for t in G_PATH):
+            continue
+        got = {t: ts(tasks[t]["end"]) - ts(tasks[t]["start"]) for t in G_PATH}
+        last = max(ts(v["end"]) for v in tasks.values() if v.get("end"))
+        first = ts(tasks[G_PATH[0]]["start"])
+        got["teardowns after"] = last - ts(tasks["mark_verified"]["end"])
+        got["between tasks"] = (last - first) - sum(got.values())
+        got["before the first task"] = row["wall"] - (last - first)
+        runs.append(got)
+    if not runs:
+        return None
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _g_why(size: Size) -> list[str]:
+    g, c, r = size.median("G"), size.median("C"), size.median("R")
+    path = _g_path(size)
+    if not (g and c and r and path):
+        return []
+    parts = ", ".join(f"{k} {v:.1f} s" for k, v in path.items())
+    overhead = path["between tasks"] + path["before the first task"] + path["teardowns after"]
+    return [
+        f"* **G / (C + R) {g / (c + r):.2f} (target 1.15).** G = {g:.1f} s under the "
+        f"scheduler against C + R = {c + r:.1f} s. Its longest path, medians: {parts}. The "
+        f"restore branch is the longer one (the upload branch ends well before the restore); "
+        f"{overhead:.1f} s of the run is scheduling between tasks and teardowns, and each "
+        "task's own seconds include starting its process and importing Airflow. The content "
+        "proof (verify) and our restore's own checks come on top of bare pg_restore. "
+        "*What would close it:* fewer task starts on the longest path (each costs a scheduler "
+        "loop and an interpreter), and a cheaper proof; neither without merging the stages "
+        "the user asked to see separately or proving less."
+    ]
+
+
 def _why(size: Size) -> list[str]:
     """For each target: by how much it is missed, where the time or bytes go, what closes it."""
     med = statistics.median
@@ -338,21 +420,20 @@ def _why(size: Size) -> list[str]:
             else ""
         )
         out.append(
-            f"* **D(file) / A {d / a:.2f} (target 0.5), D(file) / C {d / c:.2f} (target 2.0).** "
-            f"D − C = {d - c:.1f} s: the dump stage takes {med(walls['dump']) - c:.1f} s more "
-            "than bare pg_dump (it writes the uncompressed dump to staging instead of "
-            "/dev/null, counts every table in the snapshot on the same two cores, reads the "
-            f"file back once to hash it, fsyncs it); compress {med(walls['compress']):.1f} s "
-            f"(reads that file again, zstd level 3 on all cores, hashes in and out), encrypt "
-            f"{med(walls['encrypt']):.1f} s, upload {med(walls['upload']):.1f} s (each a "
-            "further read, hash, write and fsync of the compressed file); "
+            f"* **D(file) / A {d / a:.2f} (target 0.45), D(file) / C {d / c:.2f} (target "
+            f"{_d_over_c_limit(size):g}).** D − C = {d - c:.1f} s: the dump stage takes "
+            f"{med(walls['dump']) - c:.1f} s more than bare pg_dump (it writes the dump to "
+            "staging through a pipe, hashing it as it goes, instead of to /dev/null, counts and "
+            "fingerprints every table in the snapshot on the same two cores, fsyncs); compress "
+            f"{med(walls['compress']):.1f} s (reads that file, zstd on all cores, hashes in and "
+            f"out), encrypt {med(walls['encrypt']):.1f} s, upload {med(walls['upload']):.1f} s "
+            "(each a further read, hash, write and fsync of the compressed file); "
             f"{startup:.1f} s is interpreter start-up of the four processes.{bound} "
-            "*What would close it:* fewer passes over the data — pg_dump's output hashed and "
-            "compressed as it streams (no uncompressed file written and read back twice), "
-            "compress+encrypt in one pass — at the price of the one-file-per-stage hand-over "
-            "the design uses for retries and hash checks; and compress.level 1, which on this "
-            "data is both faster and smaller than level 3 (sweep below)."
+            "*What would close it:* compress and encrypt in the dump's pass (pg_dump | zstd | "
+            "age, as S does) — at the price of the one-file-per-stage hand-over the design "
+            "uses for retries, hash checks and the separate tasks the user asked to see."
         )
+    out += _g_why(size)
     ours, cron = size.median("D", "output_bytes"), size.median("A", "output_bytes")
     sweep = size.doc.get("level_sweep")
     if ours and cron:
@@ -367,7 +448,8 @@ def _why(size: Size) -> list[str]:
         if sweep:
             gz = sweep["gzip6"]["bytes"]
             rows = ", ".join(
-                f"level {lv['level']} {lv['bytes'] / gz:.2f}× at "
+                f"level {lv['level']}{' --long' if lv.get('long') else ''} "
+                f"{lv['bytes'] / gz:.2f}× at "
                 f"{sweep['sample_bytes'] / 1e6 / lv['seconds']:.0f} MB/s"
                 for lv in sweep["levels"]
             )
@@ -406,8 +488,8 @@ def _why(size: Size) -> list[str]:
     return out
 
 
-def write(doc: dict[str, Any], out: Path) -> None:
-    """report.md and bench.png."""
+def write(doc: dict[str, Any], out: Path, name: str = "report.md", png: str = "bench.png") -> None:
+    """report.md and bench.png (or the names given)."""
     sizes = [Size(s) for s in doc["sizes"]]
     m = doc["machine"]
     lines = [
@@ -431,6 +513,8 @@ def write(doc: dict[str, Any], out: Path) -> None:
         "## Targets",
         "",
         *_targets_table(sizes),
+        "",
+        f"![median wall seconds and peak RSS per scenario]({png})",
         "",
     ]
     for size in sizes:
@@ -473,9 +557,23 @@ def write(doc: dict[str, Any], out: Path) -> None:
             "",
         ]
     lines += _jobs_section(sizes)
+    if doc.get("proof_cost"):
+        from tests.benchmarks.proof_cost import summarize
+
+        cost = doc["proof_cost"]
+        lines += [
+            f"## The content proof's cost (`{cost['db']}`)",
+            "",
+            "Counts only against counts + content fingerprints, interleaved, medians "
+            "(`python -m tests.benchmarks.proof_cost`):",
+            "",
+            summarize(cost["runs"]),
+            "",
+        ]
     lines += ["## Ratios", "", "```", ratios_text(doc), "```", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    chart(sizes, out / "bench.png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text("\n".join(lines))
+    chart(sizes, out / png)
 
 
 def _jobs_section(sizes: list[Size]) -> list[str]:
@@ -536,10 +634,16 @@ def chart(sizes: list[Size], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("wall seconds (median, min–max)")
     axes[0].set_title(
-        "pg_backup benchmark: A cron, B pg_dump -Fc, C floor, D ours, E restore, F dag.test()"
+        "A cron, C floor, R bare restore, D ours, E restore, F dag.test(), G real scheduler"
     )
     axes[0].legend()
-    axes[1].axhline(200, color="red", linestyle="--", linewidth=1, label="200 MB target")
+    axes[1].axhline(
+        RSS_LIMIT / MB,
+        color="red",
+        linestyle="--",
+        linewidth=1,
+        label=f"{RSS_LIMIT / MB:.0f} MB target",
+    )
     axes[1].set_ylabel("peak RSS of our largest process, MB")
     axes[1].legend()
     fig.savefig(path, dpi=110)
@@ -550,8 +654,14 @@ if __name__ == "__main__":
     import json
     import sys
 
-    # python -m tests.benchmarks.report bench-results/results.json: redraw report and chart.
+    # python -m tests.benchmarks.report bench-results/results.json [docs]: redraw report and
+    # chart (and docs/benchmark.md, .png from the same results).
     source = Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results/results.json")
     results = json.loads(source.read_text())
+    proof_cost = source.with_name("proof-cost.json")  # make bench writes it after the run
+    if proof_cost.exists():
+        results["proof_cost"] = json.loads(proof_cost.read_text())
     write(results, source.parent)
+    if len(sys.argv) > 2:
+        write(results, Path(sys.argv[2]), "benchmark.md", "benchmark.png")
     print(ratios_text(results))

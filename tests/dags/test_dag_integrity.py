@@ -207,13 +207,16 @@ print(json.dumps({
 """
 
 
-def test_dag_file_import_stays_light(config_file: Path, tmp_path: Path) -> None:
-    """Importing the DAG file (fresh interpreter) loads no boto3, pyrage, zstandard or psycopg."""
+def _probe(config_file: Path, tmp_path: Path, dag_id: str | None = None) -> dict[str, Any]:
+    """Import the DAG file in a fresh interpreter (as a task process of ``dag_id`` would)."""
     env = dict(os.environ)
     env["PG_BACKUP_CONFIG"] = str(config_file)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO / "plugins"), str(REPO), env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
+    env.pop("_AIRFLOW_PARSING_CONTEXT_DAG_ID", None)
+    if dag_id:
+        env["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = dag_id
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, str(DAG_FILE)],
         capture_output=True,
@@ -223,7 +226,21 @@ def test_dag_file_import_stays_light(config_file: Path, tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_task_process_builds_only_its_own_dag(config_file: Path, tmp_path: Path) -> None:
+    """Under a task's parsing context the DAG file builds that one DAG and imports no other builder."""
+    seen = _probe(config_file, tmp_path, "pg_backup_hr")
+    assert seen["dags"] == ["pg_backup_hr"]
+    assert "pg_backup.dags.drill" not in seen["pg_backup"]
+    assert "pg_backup.dags.sweep" not in seen["pg_backup"]
+    assert seen["new"] == [], f"parse-time imports: {seen['new']}"
+
+
+def test_dag_file_import_stays_light(config_file: Path, tmp_path: Path) -> None:
+    """Importing the DAG file (fresh interpreter) loads no boto3, pyrage, zstandard or psycopg."""
+    seen = _probe(config_file, tmp_path)
     assert seen["dags"] == sorted(ALL_DAGS)
     # Heavy libraries the DAG file itself brings in (beyond what `import airflow.sdk` loads).
     assert seen["new"] == [], f"parse-time imports: {seen['new']}"
@@ -312,3 +329,26 @@ def test_every_stage_is_a_task_named_after_it(dagbag: Any, dag_id: str) -> None:
     for stage in Stage:
         assert d.get_task(stage.value).execution_timeout == getattr(timeouts, stage.value)
     assert {t.value for t in BackupTask} | {s.value for s in Stage} == set(d.task_ids)
+
+
+@pytest.mark.parametrize("dag_id", SCHEDULED + EMERGENCY)
+def test_restore_branch_beside_the_upload_and_dumps_first(dagbag: Any, dag_id: str) -> None:
+    """The restore depends on the dump only; mark_verified on upload and verify; dumps outrank restores."""
+    d = dag(dagbag, dag_id)
+    task = d.get_task
+    assert task("create_scratch_db").upstream_task_ids == {"dump"}
+    assert task("restore").upstream_task_ids == {"dump", "create_scratch_db"}
+    assert task("verify").upstream_task_ids == {"dump", "restore"}
+    assert task("mark_verified").upstream_task_ids == {"upload", "verify"}
+    assert task("mark_verified").trigger_rule == "all_done_min_one_success"
+    assert [o.name for o in task("mark_verified").outlets] == [d.dag_id.replace("_emergency", "")]
+    assert not task("verify").outlets
+    assert "mark_verified" in task("cleanup_staging").upstream_task_ids
+
+    def weight(task_id: str) -> int:
+        t = task(task_id)
+        assert "absolute" in str(t.weight_rule).lower(), (task_id, t.weight_rule)
+        return int(t.priority_weight)
+
+    restoring = max(weight(t) for t in ("create_scratch_db", "restore", "verify"))
+    assert weight("dump") > weight("upload") > restoring

@@ -34,7 +34,7 @@ def multi() -> Any:
 
 
 def test_one_upload_task_per_destination_and_a_check_that_names_the_missing(multi: Any) -> None:
-    """upload_<name> per destination; the set is verified when one holds it; check_destinations waits for all uploads."""
+    """upload_<name> per destination; mark_verified stores the proof where the set is; check_destinations waits for all."""
     from pg_backup.dags.backup import build_backup_dag
 
     for kind in ("scheduled", "emergency"):
@@ -44,8 +44,12 @@ def test_one_upload_task_per_destination_and_a_check_that_names_the_missing(mult
         for task_id in uploads:
             task = dag.get_task(task_id)
             assert task.execution_timeout == multi.timeouts.upload
-            assert task.downstream_task_ids == {"create_scratch_db", "check_destinations"}
-        assert dag.get_task("create_scratch_db").trigger_rule == "all_done_min_one_success"
+            assert task.downstream_task_ids == {"mark_verified", "check_destinations"}
+        # The proof does not wait for any destination; its record waits for them all.
+        assert dag.get_task("create_scratch_db").upstream_task_ids == {"dump"}
+        mark = dag.get_task("mark_verified")
+        assert mark.upstream_task_ids == {*uploads, "verify"}
+        assert mark.trigger_rule == "all_done_min_one_success"
         check = dag.get_task("check_destinations")
         assert check.trigger_rule == "all_done" and check.upstream_task_ids == uploads
         assert check.retries == 0  # it reads recorded results: a retry changes nothing
@@ -54,13 +58,12 @@ def test_one_upload_task_per_destination_and_a_check_that_names_the_missing(mult
 
 
 def test_single_storage_keeps_the_old_graph() -> None:
-    """storage: alone builds the DAG as before: task upload, no check, scratch waits for success."""
+    """storage: alone: one task upload, no check; mark_verified waits for upload and verify."""
     from pg_backup.dags.backup import build_backup_dag
 
     dag = build_backup_dag(cfg_of({"storage": {"url": "file:///srv/b"}}), "scheduled")
     assert "upload" in dag.task_ids and "check_destinations" not in dag.task_ids
-    assert dag.get_task("create_scratch_db").trigger_rule == "all_success"
-    assert "upload" in dag.get_task("verify").upstream_task_ids
+    assert dag.get_task("mark_verified").upstream_task_ids == {"upload", "verify"}
 
 
 def test_sweep_has_a_task_group_per_destination(multi: Any) -> None:

@@ -41,6 +41,7 @@ STAGES = [
     "create_scratch_db",
     "restore",
     "verify",
+    "mark_verified",
     "drop_scratch_db",
     "cleanup_staging",
 ]
@@ -163,6 +164,20 @@ def test_emergency_backup_via_rest_api_succeeds_and_mails_nothing(airflow_stack:
     }
     history = stack.api("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after"})
     assert [(r["dag_run_id"], r["state"]) for r in history["dag_runs"]] == [(run_id, "success")]
+
+    # The scheduler ran the verification restore beside compress -> encrypt -> upload (their
+    # task instances overlap in time), and marked the set verified only after both.
+    def span(*tasks: str) -> tuple[datetime, datetime]:
+        return (
+            min(parse_time(tis[t]["start_date"]) for t in tasks),
+            max(parse_time(tis[t]["end_date"]) for t in tasks),
+        )
+
+    storing = span("compress", "encrypt", "upload")
+    proving = span("create_scratch_db", "restore", "verify")
+    assert proving[0] < storing[1] and storing[0] < proving[1], (storing, proving)
+    assert parse_time(tis["dump"]["end_date"]) <= min(storing[0], proving[0])
+    assert parse_time(tis["mark_verified"]["start_date"]) >= max(storing[1], proving[1])
 
     # What the green run stands for: a complete, verified set in storage.
     manifests = list((stack.storage_root / "healthy").rglob("manifest.json"))

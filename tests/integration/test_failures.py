@@ -369,8 +369,9 @@ def test_restore_task_fails_on_pg_restore_error_and_leaves_no_scratch_db(
         assert "pg_restore exited with code 1 restoring into" in log
         assert 'permission denied to create extension "file_fdw"' in log
         assert verify_dbs(h) == []
-        # Upload precedes the verification restore, so the set has its manifest, but it never
-        # got a verification.json: it lists as "unverified", never as a good backup.
+        # The upload (beside the restore) completed the set, but mark_verified wrote no
+        # verification.json: it lists as "unverified", never as a good backup.
+        assert states["mark_verified"] == "failed", states
         keys = set_keys(h)
         assert len([k for k in keys if k.endswith(layout.MANIFEST_OBJECT)]) == 1, keys
         assert_nothing_partial(h, manifest_allowed=True)

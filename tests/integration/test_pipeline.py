@@ -200,7 +200,9 @@ def test_emergency_without_verify_skips_restore(harness_factory):
     states = task_states(run)
     assert states["upload"] == "success"
     assert states["restore"] == "skipped" and states["verify"] == "skipped"
+    assert states["mark_verified"] == "skipped"
     assert states["cleanup_staging"] == "success"
+    assert str(run.state) == "success"
     found, prefix, manifest = _only_set(h.storage())
     assert prefix + layout.VERIFICATION_OBJECT not in found
     assert not [p for p in h.staging_dir.rglob("*") if p.is_file()]

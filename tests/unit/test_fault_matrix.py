@@ -25,6 +25,14 @@ MATRIX: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "upload fails while the verification restore (beside it) succeeds",
+        "no verification.json, no asset event, one mail (the upload's); the run fails",
+        [
+            "integration/test_mark_verified.py::test_failed_upload_leaves_no_verification_record_and_one_mail",
+            "integration/test_mark_verified.py::test_mark_verified_writes_nothing_without_the_upload",
+        ],
+    ),
+    (
         "staging disk full",
         "the error names the file, the free space and the fix; no part file left",
         [

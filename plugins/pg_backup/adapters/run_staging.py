@@ -85,6 +85,22 @@ class RunStaging(ABC):
     def remove(self) -> str:
         """Remove the run's staged files (and local work files); say what was removed."""
 
+    # Notes: small files a stage leaves for a later task of the run that has no record of them
+    # (the verify stage's verification.json, read by mark_verified even when verify failed).
+
+    def write_note(self, name: str, data: bytes) -> None:
+        """Stage a small file whole (atomically: a reader sees all of it or nothing)."""
+        with self.writer(name) as out:
+            out.write(data)
+
+    @abstractmethod
+    def read_note(self, name: str) -> bytes | None:
+        """A note written by ``write_note`` (by any worker), or None when there is none."""
+
+    @abstractmethod
+    def drop_note(self, name: str) -> None:
+        """Remove a note, if there is one."""
+
     def read_small(self, staged: StagedFile) -> bytes:
         """A small staged file, whole, checked against its record."""
         with self.reader(staged) as raw:
@@ -130,6 +146,17 @@ class LocalStaging(RunStaging):
 
     def publish(self, path: Path, staged: StagedFile) -> None:
         """Nothing to do: the tool wrote straight into staging."""
+
+    def read_note(self, name: str) -> bytes | None:
+        """The file, if it is there."""
+        try:
+            return (self.workdir / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def drop_note(self, name: str) -> None:
+        """Unlink the file."""
+        (self.workdir / name).unlink(missing_ok=True)
 
     @contextmanager
     def local_copy(self, staged: StagedFile, why: str, checked: bool = True) -> Iterator[Path]:
@@ -232,6 +259,17 @@ class ObjectStaging(RunStaging):
         except BaseException:
             out.abort()
             raise
+
+    def read_note(self, name: str) -> bytes | None:
+        """The object, if it is there."""
+        if not self.store.exists(self.prefix + name):
+            return None
+        return bytes(self.store.get_bytes(self.prefix + name))
+
+    def drop_note(self, name: str) -> None:
+        """Delete the object."""
+        if self.store.exists(self.prefix + name):
+            self.store.delete(self.prefix + name)
 
     def publish(self, path: Path, staged: StagedFile) -> None:
         """Stream the local file up (checked while read), then remove the local copy."""

@@ -8,6 +8,7 @@ against the size and sha256 its producer recorded, in the same pass that reads i
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import functools
 import hashlib
@@ -258,6 +259,94 @@ def not_shared(where: str, expected: StagedFile) -> StagingNotShared:
         "(staging_url: s3://<bucket>/<prefix>, see the README's 'Workers that share no disk'). "
         "Then clear the run from its first stage"
     )
+
+
+class PipeToFile:
+    """A child's stdout copied into ``path.part`` by a side thread, hashed as it is written.
+
+    The bytes are read once, from the pipe: the sha256 is taken as they go to disk, so a dump
+    the size of the database is never read back to hash it. ``finish`` fsyncs and renames the
+    part; ``discard`` removes it. When the copy fails (a full disk), the thread closes the pipe,
+    so the child ends on a broken pipe instead of blocking forever.
+    """
+
+    # Pipe buffer asked of the kernel (bytes): fewer wake-ups than the 64 KiB default; the
+    # kernel caps it at /proc/sys/fs/pipe-max-size (1 MiB unless raised).
+    PIPE_SIZE = 1024 * 1024
+
+    def __init__(self, source: IO[bytes], path: Path, progress: Progress | None = None):
+        self.path = path
+        self.part = path.with_name(path.name + ".part")
+        self._source = source
+        self._progress = progress
+        self._error: BaseException | None = None
+        self._widen_pipe()
+        fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._handle = os.fdopen(fd, "wb", buffering=CHUNK)
+        self._writer = HashingWriter(self._handle, progress=progress)
+        self._thread = threading.Thread(target=self._copy, name=f"pipe-{path.name}", daemon=True)
+        self._thread.start()
+
+    def _widen_pipe(self) -> None:
+        import fcntl
+
+        try:
+            fcntl.fcntl(self._source.fileno(), fcntl.F_SETPIPE_SZ, self.PIPE_SIZE)  # type: ignore[attr-defined]
+        except (OSError, AttributeError, ValueError):
+            pass  # a smaller pipe only means more reads
+
+    def _copy(self) -> None:
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        try:
+            while got := self._source.readinto(buffer):  # type: ignore[attr-defined]
+                self._writer.write(view[:got])
+            self._handle.flush()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self._error = exc
+            with contextlib.suppress(OSError):
+                self._source.close()
+
+    @property
+    def bytes(self) -> int:
+        """Bytes written so far."""
+        return self._writer.count
+
+    def check(self) -> None:
+        """Raise the copy's error, if it failed (a full disk names the part file and the fix).
+
+        :raises StagedFileError: the disk filled up
+        """
+        error = self._error
+        if error is None:
+            return
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise no_space(self.part) from None
+        raise error
+
+    def finish(self, seconds: float) -> StagedFile:
+        """After the child exited: wait for the last bytes, fsync, rename; the file's record.
+
+        :raises StagedFileError: the disk filled up
+        """
+        self._thread.join()
+        try:
+            self.check()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            os.replace(self.part, self.path)
+            fsync_dir(self.path.parent)
+        except BaseException:
+            self.discard()
+            raise
+        return self._writer.staged(self.path.name, seconds)
+
+    def discard(self) -> None:
+        """After the child exited: remove the part file (the copy has met the pipe's end)."""
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            self._handle.close()
+        self.part.unlink(missing_ok=True)
 
 
 def check_present(path: Path, expected: StagedFile) -> None:

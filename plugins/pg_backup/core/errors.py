@@ -125,6 +125,10 @@ class VerificationFailed(PgBackupError):
     """The restored database differs from the snapshot; the message names every difference."""
 
 
+class FollowOnFailure(VerificationFailed):
+    """A set cannot be marked verified because an upstream task failed (and reported it)."""
+
+
 class DumpError(PgBackupError):
     """The dump cannot prove what it read: a racing rewrite, a lock, hidden rows, lock budget."""
 

@@ -61,9 +61,11 @@ def stage_of_task(task_id: str) -> Stage | None:
 
 
 class BackupTask(StrEnum):
-    """The backup DAG's tasks besides its stages: the scratch database and the teardowns."""
+    """The backup DAG's tasks besides its stages: the scratch database, the record, teardowns."""
 
     CREATE_SCRATCH_DB = "create_scratch_db"
+    # Stores verification.json once both the upload and the verification restore succeeded.
+    MARK_VERIFIED = "mark_verified"
     DROP_SCRATCH_DB = "drop_scratch_db"
     CLEANUP_STAGING = "cleanup_staging"
 

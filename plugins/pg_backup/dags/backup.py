@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pg_backup.adapters.notify import deadline_alerts
+from pg_backup.adapters.notify import deadline_alerts, failure_notifier
 from pg_backup.core import params
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.layout import run_info
@@ -29,9 +29,10 @@ from pg_backup.dags.common import BackupDAG, backup_asset, dag_settings
 DOC_BACKUP = """
 ### Verified PostgreSQL backup of `{target}`
 
-preflight → dump (exported snapshot + exact counts) → compress (zstd) → encrypt (age) →
-upload (data, tables, manifest last) → restore into `pgb_verify_<backup id>` → verify rows,
-content and objects.
+preflight → dump (exported snapshot + exact counts), then two branches at once:
+compress (zstd) → encrypt (age) → upload (data, tables, manifest last), and
+restore into `pgb_verify_<backup id>` → verify rows, content and objects;
+then mark_verified stores `verification.json` once both succeeded.
 Teardowns always drop the scratch database and clear staging (kept when a stage failed).
 
 * Storage: {storage}
@@ -48,6 +49,20 @@ Press **Trigger**, give a reason, and the same stages as `pg_backup_{target}` ru
 The set is tagged `emergency` and kept `keep_days` days, apart from the daily rotation.
 Untick `verify` only when there is no time for the verification restore.
 """
+
+# Absolute priorities: with few worker slots, a dump (of any target) starts before another
+# target's verification restore, so a long restore never delays the next backup's snapshot.
+PRIORITY: dict[str, int] = {
+    Stage.PREFLIGHT: 30,
+    Stage.DUMP: 30,
+    Stage.COMPRESS: 20,
+    Stage.ENCRYPT: 20,
+    Stage.UPLOAD: 20,
+    BackupTask.MARK_VERIFIED: 20,
+    BackupTask.CREATE_SCRATCH_DB: 10,
+    Stage.RESTORE: 10,
+    Stage.VERIFY: 10,
+}
 
 TASK_DOCS = {
     Stage.PREFLIGHT: "Source reachable, pg_dump new enough, scratch server is not the source "
@@ -67,12 +82,29 @@ TASK_DOCS = {
     "scratch server.",
     Stage.RESTORE: "pg_restore -j into the scratch database; any error fails with its messages.",
     Stage.VERIFY: "Restored rows, content fingerprints, objects and sequence values == the "
-    "snapshot's; writes verification.json; emits the asset event.",
+    "snapshot's; stages the record (stored by mark_verified once the upload succeeded).",
+    BackupTask.MARK_VERIFIED: "Once the upload and verify both ended: stores verification.json "
+    "beside the manifest (failed proofs too, as failed), refreshes the catalog index, emits the "
+    "asset event. Writes nothing unless the upload proved the set in storage.",
     BackupTask.DROP_SCRATCH_DB: "Teardown: drops the scratch database, whatever happened.",
     BackupTask.CLEANUP_STAGING: "Teardown: removes the run's staging files once the set is "
     "complete; keeps them after a failure for inspection (the retention sweep removes them "
     "later).",
 }
+
+
+class _AlreadyReported(AirflowFailException):
+    """mark_verified failing because an upstream task failed: no retries, no second mail."""
+
+
+def _unless_already_reported(notifier: Any) -> Any:
+    """The failure mail, except for a failure that only repeats an upstream task's."""
+
+    def notify(context: dict[str, Any]) -> None:
+        if not isinstance(context.get("exception"), _AlreadyReported):
+            notifier(context)
+
+    return notify if notifier is not None else None
 
 
 def emergency_params(cfg: TargetConfig) -> dict[str, Param]:
@@ -125,6 +157,8 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             task_id=name.value,
             execution_timeout=getattr(timeouts, name.value),
             doc_md=TASK_DOCS[name],
+            priority_weight=PRIORITY[name],
+            weight_rule="absolute",
             **kwargs,
         )
 
@@ -138,6 +172,8 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             task_id=str(name),
             execution_timeout=timeouts.teardown,
             doc_md=TASK_DOCS[name],
+            priority_weight=PRIORITY.get(name, 1),
+            weight_rule="absolute",
             **kwargs,
         )
 
@@ -192,6 +228,8 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             @task(
                 task_id=upload_task_id(destination, multi),
                 execution_timeout=timeouts.upload,
+                priority_weight=PRIORITY[Stage.UPLOAD],
+                weight_rule="absolute",
                 doc_md=TASK_DOCS[Stage.UPLOAD]
                 + (f" Destination: `{destination}`." if multi else ""),
             )
@@ -209,7 +247,12 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
                 if emergency:
                     user = getattr(context["dag_run"], "triggering_user_name", None)
                     marker = params.emergency_marker(context["params"], user)
-                verified = context["ti"].xcom_pull(task_ids=Stage.VERIFY.value) if multi else None
+                # A cleared upload after mark_verified stored the proof elsewhere: here too.
+                verified = (
+                    context["ti"].xcom_pull(task_ids=BackupTask.MARK_VERIFIED.value)
+                    if multi
+                    else None
+                )
                 return upload_to(
                     runtime(context),
                     destination,
@@ -233,12 +276,9 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
             }
             return check_held(runtime(context), pulled)
 
-        # One destination down fails its own upload task only: the set is still verified once
-        # the others hold it (check_destinations then fails the run, naming the one missing).
-        @side_task(
-            BackupTask.CREATE_SCRATCH_DB,
-            trigger_rule="all_done_min_one_success" if multi else "all_success",
-        )
+        # One destination down fails its own upload task only: mark_verified still stores the
+        # proof in the others (check_destinations then fails the run, naming the one missing).
+        @side_task(BackupTask.CREATE_SCRATCH_DB)
         def create_scratch_db(dumped: dict[str, Any], **context: Any) -> str:
             from pg_backup.core.records import DumpResult
             from pg_backup.stages.restore import create_scratch_db as create
@@ -259,25 +299,44 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
                 attempt=context["ti"].try_number,
             ).to_xcom()
 
-        @stage(Stage.VERIFY, outlets=[asset])
-        def verify(
-            dumped: dict[str, Any], restored: dict[str, Any], uploaded: Any = None, **context
-        ) -> dict[str, Any]:
-            from pg_backup.core.records import DumpResult, RestoreResult, UploadResult
-            from pg_backup.stages.destinations import holders
-            from pg_backup.stages.verify import asset_event, verify_restore
+        @stage(Stage.VERIFY)
+        def verify(dumped: dict[str, Any], restored: dict[str, Any], **context) -> dict[str, Any]:
+            from pg_backup.core.records import DumpResult, RestoreResult
+            from pg_backup.stages.verify import verify_restore
 
-            if multi:  # the uploads that completed: a failed one is no upstream of verify
-                pulled = [context["ti"].xcom_pull(task_ids=i) for i in upload_ids]
-                uploaded = [UploadResult.from_xcom(v) if v else None for v in pulled]
-            else:
-                uploaded = [UploadResult.from_xcom(uploaded)]
-            uploads = holders(uploaded)
-            rt = runtime(context)
             record = verify_restore(
-                rt, DumpResult.from_xcom(dumped), RestoreResult.from_xcom(restored), uploads
+                runtime(context), DumpResult.from_xcom(dumped), RestoreResult.from_xcom(restored)
             )
-            context["outlet_events"][asset].extra = asset_event(rt, uploads[0], record)
+            return record.model_dump(mode="json")
+
+        # Runs once the uploads and verify ended (a skipped verify, verify=false, skips it): it
+        # stores the record in every destination whose upload succeeded, and fails unless the
+        # proof did.
+        @side_task(
+            BackupTask.MARK_VERIFIED,
+            outlets=[asset],
+            trigger_rule="all_done_min_one_success",
+            on_failure_callback=_unless_already_reported(failure_notifier(cfg)),
+        )
+        def mark_verified(**context: Any) -> dict[str, Any]:
+            from pg_backup.core.errors import FollowOnFailure
+            from pg_backup.core.manifest import Verification
+            from pg_backup.core.records import UploadResult
+            from pg_backup.stages.mark_verified import mark_verified as mark
+            from pg_backup.stages.verify import asset_event
+
+            ti = context["ti"]
+            pulled = [ti.xcom_pull(task_ids=i) for i in upload_ids]
+            uploads = [UploadResult.from_xcom(v) if v else None for v in pulled]
+            verified = ti.xcom_pull(task_ids=Stage.VERIFY.value)
+            rt = runtime(context)
+            try:
+                record, held = mark(
+                    rt, uploads, Verification.model_validate(verified) if verified else None
+                )
+            except FollowOnFailure as exc:
+                raise _AlreadyReported(str(exc)) from None
+            context["outlet_events"][asset].extra = asset_event(rt, held[0], record)
             return record.model_dump(mode="json")
 
         @side_task(BackupTask.DROP_SCRATCH_DB)
@@ -292,7 +351,7 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
             # The set is complete when its last tasks recorded a result: kept while a
             # destination still lacks it, for its upload task to be cleared.
-            last = [*upload_ids, *([Stage.VERIFY.value] if verifying(context) else [])]
+            last = [*upload_ids, *([BackupTask.MARK_VERIFIED.value] if verifying(context) else [])]
             done = all(context["ti"].xcom_pull(task_ids=t) for t in last)
             return cleanup(runtime(context), done)
 
@@ -301,17 +360,19 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
         compressed = compress(dumped)
         encrypted = encrypt(compressed, dumped)
         uploads = [upload_task(name)(dumped, encrypted, checked) for name in destinations]
+        # The verification restore needs only the staged dump: it runs beside the uploads.
         scratch = create_scratch_db(dumped)
         restored = restore(dumped, scratch)
-        verified = verify(dumped, restored, None if multi else uploads[0])
+        verified = verify(dumped, restored)
+        marked = mark_verified()
         dropped = drop_scratch_db().as_teardown(setups=scratch)
         cleaned = cleanup_staging().as_teardown(setups=checked)
 
         checked >> dumped
-        uploads >> scratch
+        [*uploads, verified] >> marked
         if multi:
             uploads >> check_destinations()
         verified >> dropped
-        [verified, dropped] >> cleaned
+        [marked, dropped] >> cleaned
 
     return dag

@@ -2,9 +2,13 @@
 
 Every relation's row count and content fingerprint (``core.fingerprint``), every object of the
 inventory and every sequence value are compared with what the dump recorded in its snapshot
-(``core.proof``). Writes ``verification.json`` beside the manifest whatever the outcome (what
-was proven and what was skipped and why, in numbers), then fails on any difference, naming each
-relation and object in a table (the log and the failure mail).
+(``core.proof``). Stages the record ``verification.json`` whatever the outcome (what was proven
+and what was skipped and why, in numbers), then fails on any difference, naming each relation
+and object in a table (the log and the failure mail).
+
+The restore and this proof run beside compress, encrypt and upload. The record reaches storage
+only through ``mark_verified`` (``stages.mark_verified``), once the upload has proven the set's
+bytes in storage: a verification record never describes bytes storage does not hold.
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from pg_backup.adapters.pgconn import PgEndpoint
+from pg_backup.core import layout
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.counts import (
     TableCount,
@@ -32,7 +36,6 @@ from pg_backup.core.inventory import compare_inventories, sequence_values, take_
 from pg_backup.core.manifest import Skipped, Verification
 from pg_backup.core.proof import Proof
 from pg_backup.core.records import DumpResult, RestoreResult, UploadResult
-from pg_backup.stages.destinations import publish_verification, with_holders
 from pg_backup.stages.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -113,22 +116,18 @@ def log_proof(proof: Proof, what: str) -> None:
         log.warning("%s: %s", what, line)
 
 
-def verify_restore(
-    rt: Runtime,
-    dumped: DumpResult,
-    restored: RestoreResult,
-    uploads: Sequence[UploadResult] | None = None,
-) -> Verification:
-    """Prove the scratch database against the snapshot; store verification.json beside the manifest.
+def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> Verification:
+    """Prove the scratch database against the snapshot; stage the record as verification.json.
 
-    :param uploads: the completed uploads of the set: the record goes to each of their
-        destinations (``stages.destinations``); None means the target's one storage
+    Storing it beside the manifest is ``mark_verified``'s, once the upload proved the set is in
+    storage: a verification record never describes bytes storage does not hold.
 
-    :raises VerificationFailed: a relation or object differs (the record is stored first, as
-        failed); the message is the table of differences
+    :raises VerificationFailed: a relation or object differs (the record is staged first, as
+        failed, for ``mark_verified`` to store); the message is the table of differences
     """
     cfg, run = rt.cfg, rt.run
     started = time.monotonic()
+    rt.staging.drop_note(layout.VERIFICATION_OBJECT)  # an earlier try's never stands for this
     doc = json.loads(rt.staging.read_small(dumped.tables))
     target = rt.scratch_databases.endpoint(restored.database)
     proof = prove_database(target, doc, cfg)
@@ -150,9 +149,7 @@ def verify_restore(
         partition_roots=len(proof.rows.roots),
         skipped=[Skipped(**item) for item in proof.skipped()],
     )
-    if uploads is not None and cfg.multi_destination:
-        record = with_holders(record, uploads)
-    publish_verification(rt, record, uploads)
+    rt.staging.write_note(layout.VERIFICATION_OBJECT, record.to_bytes())
     log_proof(proof, "verify")
     if not proof.ok:
         raise VerificationFailed(

@@ -1,0 +1,63 @@
+"""verification.json only for bytes proven in storage: mark_verified waits for upload and verify."""
+
+from __future__ import annotations
+
+import pytest
+
+from pg_backup.core import layout
+from pg_backup.core.errors import FollowOnFailure, StorageError
+from pg_backup.core.manifest import Verification
+from pg_backup.stages.runtime import Runtime
+from tests.integration.conftest import objects, task_states
+from tests.integration.test_failures import SMALL_SCHEMA
+
+
+def test_failed_upload_leaves_no_verification_record_and_one_mail(
+    harness_factory, smtp_sink, monkeypatch
+):
+    """Upload fails while the restore proves the dump: no verification.json, no asset event, one mail."""
+    import pg_backup.stages.upload as upload_stage
+
+    def refuse(*args, **kwargs):
+        raise StorageError("storage refused the data object (test fault)")
+
+    monkeypatch.setattr(upload_stage, "upload_set", refuse)
+    h = harness_factory("file", schema=SMALL_SCHEMA)
+    smtp_sink.clear()
+    run = h.run()
+    states = task_states(run)
+    assert states["upload"] == "failed", states
+    assert states["verify"] == "success", states  # the proof itself ran, beside the upload
+    assert states["mark_verified"] in ("failed", "upstream_failed"), states
+    assert str(run.state) == "failed"
+    found = objects(h.storage())
+    assert not [k for k in found if k.endswith(layout.VERIFICATION_OBJECT)], found
+    assert not [k for k in found if k.endswith(layout.MANIFEST_OBJECT)], found
+    subjects = [str(m["Subject"]) for m in smtp_sink.messages]
+    assert len(subjects) == 1 and ".upload " in subjects[0], subjects
+    from tests.integration.test_pipeline import asset_events
+
+    assert asset_events(run) == []
+
+
+def test_mark_verified_writes_nothing_without_the_upload(harness_factory):
+    """Given no upload result, mark_verified refuses and storage gets no verification.json."""
+    from pg_backup.stages.mark_verified import mark_verified
+
+    h = harness_factory("file", schema=SMALL_SCHEMA)
+    cfg = h.write_config()
+    run = h.run_info()
+    record = Verification(
+        backup_id=run.backup_id,
+        status="verified",
+        checked_at="2026-01-01T00:00:00+00:00",
+        relations_checked=1,
+        rows_checked=1,
+        mismatches=0,
+        warnings=0,
+        restore_seconds=1.0,
+        verify_seconds=1.0,
+    )
+    with pytest.raises(FollowOnFailure, match="no upload finished"):
+        mark_verified(Runtime(cfg, run), [None], record)
+    assert not [k for k in objects(h.storage()) if k.endswith(layout.VERIFICATION_OBJECT)]
