@@ -59,6 +59,7 @@ def test_stages_on_workers_without_shared_disk_hand_over_through_the_store(
     from pg_backup.stages.compress import compress_dump
     from pg_backup.stages.dump import run_dump
     from pg_backup.stages.encrypt import encrypt_set
+    from pg_backup.stages.mark_verified import mark_verified
     from pg_backup.stages.restore import create_scratch_db, drop_scratch_db, restore_staged
     from pg_backup.stages.runtime import Runtime
     from pg_backup.stages.upload import upload_set
@@ -81,7 +82,7 @@ def test_stages_on_workers_without_shared_disk_hand_over_through_the_store(
     assert f"staging/{h.name}/{info.backup_id}/{layout.DUMP_FILE}" in keys
     compressed = compress_dump(worker(2), dumped.dump)
     encrypted = encrypt_set(worker(3), compressed, dumped.tables, dumped.globals)
-    upload_set(worker(4), dumped, encrypted)
+    uploaded = upload_set(worker(4), dumped, encrypted)
     database = create_scratch_db(worker(5), dumped)
     try:
         said: list[str] = []
@@ -98,8 +99,15 @@ def test_stages_on_workers_without_shared_disk_hand_over_through_the_store(
         assert verification.status == "verified"
     finally:
         drop_scratch_db(worker(5))
-    assert not [p for n in range(1, 7) for p in (tmp_path / f"worker{n}").rglob("*") if p.is_file()]
-    assert worker(7).staging.remove().startswith("removed 7 staged object(s)")
+    # mark_verified on yet another worker finds the record verify staged (given no XCom of it,
+    # as after a failed proof) and stores it beside the manifest.
+    stored, held = mark_verified(worker(7), [uploaded], None)
+    assert stored == verification and held == [uploaded]
+    record = h.storage().get_bytes(layout.set_prefix(h.name, info.backup_id) + "verification.json")
+    assert Verification.from_bytes(record) == verification
+    assert not [p for n in range(1, 8) for p in (tmp_path / f"worker{n}").rglob("*") if p.is_file()]
+    # dump, tables, globals, compressed, three encrypted, and verify's record
+    assert worker(8).staging.remove().startswith("removed 8 staged object(s)")
     assert staged_keys(h, bucket) == []
 
 
