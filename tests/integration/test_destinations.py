@@ -142,7 +142,7 @@ def test_one_store_down_fails_only_its_task_and_a_clear_completes_it(
             DumpResult.from_xcom(values["dump"]),
             EncryptResult.from_xcom(values["encrypt"]),
             source=PreflightResult.from_xcom(values["preflight"]).source,
-            verified=Verification.model_validate(values["verify"]),
+            verified=Verification.model_validate(values["mark_verified"]),
         )
 
     result = clear_upload()

@@ -16,12 +16,12 @@ def test_failed_upload_leaves_no_verification_record_and_one_mail(
     harness_factory, smtp_sink, monkeypatch
 ):
     """Upload fails while the restore proves the dump: no verification.json, no asset event, one mail."""
-    import pg_backup.stages.upload as upload_stage
+    import pg_backup.stages.destinations as destinations
 
     def refuse(*args, **kwargs):
         raise StorageError("storage refused the data object (test fault)")
 
-    monkeypatch.setattr(upload_stage, "upload_set", refuse)
+    monkeypatch.setattr(destinations, "upload_set", refuse)
     h = harness_factory("file", schema=SMALL_SCHEMA)
     smtp_sink.clear()
     run = h.run()
