@@ -321,14 +321,15 @@ def test_emergency_dag_is_manual_with_trigger_form(dagbag: Any, target: str) -> 
 def test_every_stage_is_a_task_named_after_it(dagbag: Any, dag_id: str) -> None:
     """Task ids are the stage names and carry that stage's timeout: budget mail follows them."""
     from pg_backup.core.config import load_config
-    from pg_backup.core.names import BackupTask, Stage
+    from pg_backup.core.names import CHECK_DESTINATIONS, BackupTask, Stage
 
     d = dag(dagbag, dag_id)
     target = next(t for t in TARGETS if dag_id.endswith(f"_{t}"))
     timeouts = load_config().target(target).timeouts
     for stage in Stage:
         assert d.get_task(stage.value).execution_timeout == getattr(timeouts, stage.value)
-    assert {t.value for t in BackupTask} | {s.value for s in Stage} == set(d.task_ids)
+    expected = {t.value for t in BackupTask} | {s.value for s in Stage} | {CHECK_DESTINATIONS}
+    assert expected == set(d.task_ids)
 
 
 @pytest.mark.parametrize("dag_id", SCHEDULED + EMERGENCY)

@@ -52,18 +52,21 @@ def test_one_upload_task_per_destination_and_a_check_that_names_the_missing(mult
         assert mark.trigger_rule == "all_done_min_one_success"
         check = dag.get_task("check_destinations")
         assert check.trigger_rule == "all_done" and check.upstream_task_ids == uploads
-        assert check.retries == 0  # it reads recorded results: a retry changes nothing
         assert not check.downstream_task_ids  # a leaf: its failure fails the run
         assert not uploads & dag.get_task("verify").upstream_task_ids  # reached through restore
 
 
 def test_single_storage_keeps_the_old_graph() -> None:
-    """storage: alone: one task upload, no check; mark_verified waits for upload and verify."""
+    """storage: alone: one task upload; mark_verified waits for upload and verify; a failed upload fails the run even with verify=false."""
     from pg_backup.dags.backup import build_backup_dag
 
-    dag = build_backup_dag(cfg_of({"storage": {"url": "file:///srv/b"}}), "scheduled")
-    assert "upload" in dag.task_ids and "check_destinations" not in dag.task_ids
+    dag = build_backup_dag(cfg_of({"storage": {"url": "file:///srv/b"}}), "emergency")
+    assert "upload" in dag.task_ids
     assert dag.get_task("mark_verified").upstream_task_ids == {"upload", "verify"}
+    # mark_verified is skipped with verify=false: this leaf still fails a run whose upload did.
+    check = dag.get_task("check_destinations")
+    assert check.upstream_task_ids == {"upload"} and check.trigger_rule == "all_done"
+    assert not check.downstream_task_ids
 
 
 def test_sweep_has_a_task_group_per_destination(multi: Any) -> None:

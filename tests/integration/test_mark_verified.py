@@ -61,3 +61,37 @@ def test_mark_verified_writes_nothing_without_the_upload(harness_factory):
     with pytest.raises(FollowOnFailure, match="no upload finished"):
         mark_verified(Runtime(cfg, run), [None], record)
     assert not [k for k in objects(h.storage()) if k.endswith(layout.VERIFICATION_OBJECT)]
+
+
+def test_failed_upload_without_verification_fails_the_run(harness_factory, smtp_sink, monkeypatch):
+    """verify=false skips mark_verified: a failed upload still fails the run (check_destinations), with one mail."""
+    import pg_backup.stages.destinations as destinations
+
+    def refuse(*args, **kwargs):
+        raise StorageError("storage refused the data object (test fault)")
+
+    monkeypatch.setattr(destinations, "upload_set", refuse)
+    h = harness_factory("file", schema=SMALL_SCHEMA)
+    smtp_sink.clear()
+    run = h.run("emergency", conf={"reason": "disk alarm", "verify": False})
+    states = task_states(run)
+    assert states["upload"] == "failed" and states["mark_verified"] == "skipped", states
+    assert states["check_destinations"] == "failed", states
+    assert str(run.state) == "failed"
+    subjects = [str(m["Subject"]) for m in smtp_sink.messages]
+    assert len(subjects) == 1 and ".upload " in subjects[0], subjects
+
+
+def test_a_note_from_an_earlier_pass_never_stands_for_a_new_dump(harness_factory):
+    """A rerun of the dump drops the verification record an earlier pass staged: mark_verified cannot store it for the new bytes."""
+    from pg_backup.stages.dump import run_dump
+
+    h = harness_factory("file", schema=SMALL_SCHEMA)
+    cfg = h.write_config()
+    run = h.run_info()
+    rt = Runtime(cfg, run)
+    run_dump(rt)
+    rt.staging.write_note(layout.VERIFICATION_OBJECT, b'{"stale": true}')
+    assert rt.staging.read_note(layout.VERIFICATION_OBJECT) is not None
+    run_dump(Runtime(cfg, run))  # the run cleared from its first stage
+    assert rt.staging.read_note(layout.VERIFICATION_OBJECT) is None

@@ -296,3 +296,25 @@ def test_check_names_each_destination_without_the_set_and_the_task_to_clear() ->
     assert holders([None, done]) == [done]
     with pytest.raises(StorageError, match="no destination holds the set"):
         holders([None, None])
+
+
+def test_staging_bucket_is_reached_through_one_connection_for_every_destination() -> None:
+    """staging_url goes through the first destination's connection (or staging_aws_conn_id), whichever destination a task serves."""
+    from pg_backup.adapters.run_staging import staging_store
+
+    dests = [
+        {"name": "nas", "url": "file:///srv/nas"},
+        {"name": "cloud", "url": "s3://bucket-one/p", "aws_conn_id": "aws_cloud"},
+        {"name": "offsite", "url": "s3://bucket-two/p", "aws_conn_id": "aws_offsite"},
+    ]
+    cfg = target({"destinations": dests, "staging_url": "s3://stage/runs"})
+    first = cfg.destinations[0].aws_conn_id
+    for name in ("nas", "cloud", "offsite"):
+        served = Runtime(cfg).at(name).cfg
+        assert served.storage.name == name
+        assert served.staging_connection == first, name
+        assert staging_store(served).aws_conn_id == first, name
+    own = target(
+        {"destinations": dests, "staging_url": "s3://stage/runs", "staging_aws_conn_id": "stg"}
+    )
+    assert {Runtime(own).at(d["name"]).cfg.staging_connection for d in dests} == {"stg"}

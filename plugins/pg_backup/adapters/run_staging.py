@@ -400,14 +400,18 @@ class _MultipartWriter:
 
 
 def staging_store(cfg: TargetConfig) -> Any:
-    """The S3 storage rooted at ``staging_url``, through ``storage.aws_conn_id``."""
+    """The S3 storage rooted at ``staging_url``, through ``staging_aws_conn_id``.
+
+    That is the first destination's ``aws_conn_id`` unless set, also in the runtime of a task
+    serving another destination (``TargetConfig.for_destination`` keeps it).
+    """
     from pg_backup.adapters.storage import open_storage
 
     assert cfg.staging_url is not None
     return open_storage(
         StorageConfig(
             url=cfg.staging_url,
-            aws_conn_id=cfg.storage.aws_conn_id,
+            aws_conn_id=cfg.staging_connection,
             multipart_chunksize=cfg.storage.multipart_chunksize,
         )
     )

@@ -390,6 +390,10 @@ class TargetConfig(_Model):
     staging_url: str | None = Field(
         None, description="s3://bucket/prefix for staging through the storage's connection"
     )
+    staging_aws_conn_id: ConnId | None = Field(
+        None,
+        description="aws connection for staging_url (default: the first destination's aws_conn_id)",
+    )
     staging_headroom: float = Field(
         1.2, ge=1.0, le=10.0, description="free-space margin over the estimated need"
     )
@@ -513,8 +517,15 @@ class TargetConfig(_Model):
                 "storage": dest,
                 "destinations": [dest],
                 "retention": dest.retention or self.retention,
+                # The run's staging stays where it is, whichever destination a task serves.
+                "staging_aws_conn_id": self.staging_connection,
             }
         )
+
+    @property
+    def staging_connection(self) -> str:
+        """The aws connection ``staging_url`` is reached through."""
+        return self.staging_aws_conn_id or self.storage.aws_conn_id
 
     @model_validator(mode="after")
     def _distinct_conns(self) -> TargetConfig:

@@ -75,9 +75,8 @@ TASK_DOCS = {
     Stage.UPLOAD: "Data object, tables.json.age, then manifest.json; each proven by size and "
     "checksum. A rerun keeps what storage already holds as staged (a no-op for a complete set) "
     "and withdraws nothing unless every staged file it needs is there and matches.",
-    CHECK_DESTINATIONS: "Targets with several destinations: fails the run, naming "
-    "them, when a destination does not hold the set (its upload task failed); clear that "
-    "upload task once the destination answers.",
+    CHECK_DESTINATIONS: "Fails the run, naming them, when a destination does not hold the "
+    "set (its upload task failed); clear that upload task once the destination answers.",
     BackupTask.CREATE_SCRATCH_DB: "Setup: an empty pgb_verify_<backup id> database on the "
     "scratch server.",
     Stage.RESTORE: "pg_restore -j into the scratch database; any error fails with its messages.",
@@ -265,19 +264,26 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
             return upload
 
-        # Retries could not change what it reads: the uploads' recorded results.
-        @side_task(CHECK_DESTINATIONS, trigger_rule="all_done", retries=0)
+        # Its failure repeats those of the upload tasks, which mailed: it fails the run at once
+        # (a retry could not change the results it reads) and without a mail.
+        @side_task(
+            CHECK_DESTINATIONS,
+            trigger_rule="all_done",
+            on_failure_callback=_unless_already_reported(failure_notifier(cfg)),
+        )
         def check_destinations(**context: Any) -> list[str]:
+            from pg_backup.core.errors import StorageError
             from pg_backup.stages.destinations import check_held
 
             pulled = {
                 name: context["ti"].xcom_pull(task_ids=upload_task_id(name, multi))
                 for name in destinations
             }
-            return check_held(runtime(context), pulled)
+            try:
+                return check_held(runtime(context), pulled)
+            except StorageError as exc:
+                raise _AlreadyReported(str(exc)) from None
 
-        # One destination down fails its own upload task only: mark_verified still stores the
-        # proof in the others (check_destinations then fails the run, naming the one missing).
         @side_task(BackupTask.CREATE_SCRATCH_DB)
         def create_scratch_db(dumped: dict[str, Any], **context: Any) -> str:
             from pg_backup.core.records import DumpResult
@@ -311,7 +317,8 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
         # Runs once the uploads and verify ended (a skipped verify, verify=false, skips it): it
         # stores the record in every destination whose upload succeeded, and fails unless the
-        # proof did.
+        # proof did. One destination down fails its own upload task only: the proof still goes
+        # to the others, and check_destinations fails the run naming the one missing.
         @side_task(
             BackupTask.MARK_VERIFIED,
             outlets=[asset],
@@ -370,8 +377,9 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
 
         checked >> dumped
         [*uploads, verified] >> marked
-        if multi:
-            uploads >> check_destinations()
+        # A leaf that fails the run when a destination lacks the set, whatever mark_verified
+        # did (it is skipped when verify=false, and succeeds when another destination holds it).
+        uploads >> check_destinations()
         verified >> dropped
         [marked, dropped] >> cleaned
 

@@ -148,7 +148,7 @@ def check_held(rt: Runtime, uploads: dict[str, Any]) -> list[str]:
     held = [name for name, result in uploads.items() if result]
     missing = [name for name, result in uploads.items() if not result]
     if missing:
-        tasks = ", ".join(upload_task_id(name, True) for name in missing)
+        tasks = ", ".join(upload_task_id(name, rt.cfg.multi_destination) for name in missing)
         raise StorageError(
             f"set {rt.run.backup_id} is not in destination(s) {', '.join(missing)} (task "
             f"{tasks} failed; held by: {', '.join(held) or 'none'}). Once the destination "

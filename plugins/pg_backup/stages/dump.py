@@ -202,6 +202,8 @@ def _dump_once(rt: Runtime) -> DumpResult:
     pg_dump = tools.tool_path("pg_dump", cfg.dump.pg_bin_dir)
     _, pg_dump_version = tools.tool_version(pg_dump)
     workdir = staging.prepare_dir(run.staging_path)
+    # A verification record an earlier pass of this run staged proved other bytes.
+    rt.staging.drop_note(layout.VERIFICATION_OBJECT)
     out = workdir / layout.DUMP_FILE
     fmt = dump_format(cfg)
     # pg_dump writes the custom format to db.dump.part, the directory format to db.dump.d/.
