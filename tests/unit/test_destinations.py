@@ -262,7 +262,7 @@ def test_check_names_each_destination_without_the_set_and_the_task_to_clear() ->
     from pg_backup.core import layout
     from pg_backup.core.errors import StorageError
     from pg_backup.core.records import UploadResult
-    from pg_backup.stages.destinations import check_held, holders
+    from pg_backup.stages.destinations import check_held
 
     cfg = target(
         {"destinations": [{"name": "nas", "url": "file:///a"}, {"name": "off", "url": "file:///b"}]}
@@ -293,9 +293,6 @@ def test_check_names_each_destination_without_the_set_and_the_task_to_clear() ->
         "clear upload_off",
     ):
         assert needle in message, message
-    assert holders([None, done]) == [done]
-    with pytest.raises(StorageError, match="no destination holds the set"):
-        holders([None, None])
 
 
 def test_staging_bucket_is_reached_through_one_connection_for_every_destination() -> None:

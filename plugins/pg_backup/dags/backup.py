@@ -32,7 +32,7 @@ DOC_BACKUP = """
 preflight → dump (exported snapshot + exact counts), then two branches at once:
 compress (zstd) → encrypt (age) → upload (data, tables, manifest last), and
 restore into `pgb_verify_<backup id>` → verify rows, content and objects;
-then mark_verified stores `verification.json` once both succeeded.
+then mark_verified stores `verification.json` (verified or failed) where the upload succeeded.
 Teardowns always drop the scratch database and clear staging (kept when a stage failed).
 
 * Storage: {storage}

@@ -26,20 +26,6 @@ from pg_backup.stages.upload import upload_set
 log = logging.getLogger(__name__)
 
 
-def holders(uploads: Sequence[UploadResult | None]) -> list[UploadResult]:
-    """The uploads that completed (a failed upload task leaves no result), in config order.
-
-    :raises StorageError: none completed: no destination holds the set
-    """
-    done = [u for u in uploads if u is not None]
-    if not done:
-        raise StorageError(
-            "no destination holds the set: every upload task failed (their mails say why). "
-            "Clear one once its destination answers, then this task"
-        )
-    return done
-
-
 def with_holders(record: Verification, uploads: Sequence[UploadResult]) -> Verification:
     """The record naming the destinations that hold the set (targets with several only)."""
     names = [u.destination for u in uploads]
@@ -47,18 +33,17 @@ def with_holders(record: Verification, uploads: Sequence[UploadResult]) -> Verif
 
 
 def publish_verification(
-    rt: Runtime, record: Verification, uploads: Sequence[UploadResult] | None = None
+    rt: Runtime, record: Verification, uploads: Sequence[UploadResult]
 ) -> list[str]:
     """Write ``verification.json`` (and the catalog entry) to every destination that holds the set.
 
-    :param uploads: the completed uploads of the set (None: the target's first destination)
+    :param uploads: the completed uploads of the set
     :returns: the names of the destinations written to
     :raises StorageError: a destination refused the record (after trying every one: the
         message names each that failed)
     """
     run = rt.run
-    first = rt.cfg.destinations[0].name
-    names = [u.destination for u in uploads] if uploads is not None else [first]
+    names = [u.destination for u in uploads]
     written: list[str] = []
     failed: list[str] = []
     for name in names:
@@ -89,8 +74,8 @@ def catch_up_verification(rt: Runtime, uploaded: UploadResult, record: Verificat
     """After a late upload: write the set's verification record there too, if it was verified.
 
     :param rt: the runtime of the destination just uploaded to (``Runtime.at``)
-    :param record: the record the verify task wrote (None: the set is not verified yet, and
-        verify will write it to this destination itself)
+    :param record: the record mark_verified stored in the other destinations (None: it has
+        not run yet, and will write it to this destination itself; or the proof failed)
     :returns: whether a record was written
     """
     if record is None or record.backup_id != rt.run.backup_id:
@@ -123,7 +108,7 @@ def upload_to(
     the verification record is written here too. A target with one storage uploads exactly
     as it always did.
 
-    :param verified: the record the verify task returned in this run, if it has run
+    :param verified: the record mark_verified stored in this run, if it has run
     :raises StagedFileError: a staged file needed is gone or changed (storage untouched)
     :raises StorageError: the destination refused, or holds other bytes than were sent
     """
