@@ -469,3 +469,26 @@ def test_file_sweep_keeps_real_verified_set_and_prunes_empty_dirs(harness_factor
     for backup in doomed:
         assert not (root / layout.set_prefix(h.name, backup)).exists()
     assert (root / real_set.prefix / layout.DATA_OBJECT).is_file()
+
+
+def test_staging_is_tidied_by_one_destination_sweep_only(harness_factory):
+    """housekeeping removes stale staging only where asked (the first destination's group): the groups never race over it."""
+    import os
+
+    from pg_backup.core.config import load_config
+    from pg_backup.stages.runtime import Runtime
+    from pg_backup.stages.sweep import housekeeping
+
+    h = harness_factory("file")
+    h.write_config()
+    cfg = load_config(h.config_path).target(h.name)
+    stale = h.staging_dir / h.name / f"{h.name}_20200101T020000Z_scheduled"
+    stale.mkdir(parents=True)
+    (stale / "db.dump").write_bytes(b"x")
+    old = 1_000_000_000  # 2001
+    for path in (stale / "db.dump", stale):
+        os.utime(path, (old, old))
+    other = housekeeping(Runtime(cfg), dry_run=False, staging=False)
+    assert other["staging_removed"] == [] and stale.exists()
+    first = housekeeping(Runtime(cfg), dry_run=False, staging=True)
+    assert first["staging_removed"] == [stale.name] and not stale.exists()

@@ -140,7 +140,9 @@ def build_sweep_dag(cfg: TargetConfig) -> DAG:
                 from pg_backup.stages.sweep import housekeeping as tidy
 
                 dry_run = params.flag(context["params"], "dry_run")
-                return tidy(runtime(destination), dry_run=dry_run)
+                # Staging is the target's, not a destination's: one group tidies it.
+                first = destination == cfg.destinations[0].name
+                return tidy(runtime(destination), dry_run=dry_run, staging=first)
 
             @step(
                 SweepTask.CHECK_FRESHNESS,

@@ -239,20 +239,26 @@ def clean_staging(staging_dir: str, target: str, keep_days: int, now: datetime) 
     return removed
 
 
-def housekeeping(rt: Runtime, dry_run: bool) -> dict[str, Any]:
-    """Abort multipart uploads older than a day; remove stale staging directories."""
+def housekeeping(rt: Runtime, dry_run: bool, staging: bool = True) -> dict[str, Any]:
+    """Abort multipart uploads older than a day; remove stale staging directories.
+
+    :param staging: also tidy the target's staging (the first destination's sweep does, once
+        for all: staging belongs to the target, not to a destination)
+    """
     if dry_run:
         return {"aborted_uploads": [], "staging_removed": []}
     now = utcnow()
     cfg = rt.cfg
+    removed: list[str] = []
+    if staging:
+        keep = cfg.retention.staging_keep_days
+        removed = clean_staging(cfg.staging_dir, cfg.name, keep, now)
+        removed += sweep_runs(cfg, now - timedelta(days=keep))
     return {
         "aborted_uploads": rt.sweep_storage.abort_stale_uploads(
             f"{cfg.name}/", now - timedelta(days=1)
         ),
-        "staging_removed": clean_staging(
-            cfg.staging_dir, cfg.name, cfg.retention.staging_keep_days, now
-        )
-        + sweep_runs(cfg, now - timedelta(days=cfg.retention.staging_keep_days)),
+        "staging_removed": removed,
     }
 
 
