@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import random
+import string
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from pg_backup.core.config import ConfigError, parse_config
 from tests.unit.test_config import PATH, minimal
 
 PASSWORD = "S3cr@t:/%#?&=pw"
-AWS_ID = "AKIAIOSFODNN7EXAMPLE"
+AWS_ID = "AKIA" + "".join(random.choices(string.ascii_uppercase + string.digits, k=16))
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 
