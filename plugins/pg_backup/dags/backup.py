@@ -74,7 +74,8 @@ TASK_DOCS = {
     Stage.ENCRYPT: "age to the configured public keys; checks the input's sha256 while reading.",
     Stage.UPLOAD: "Data object, tables.json.age, then manifest.json; each proven by size and "
     "checksum. A rerun keeps what storage already holds as staged (a no-op for a complete set) "
-    "and withdraws nothing unless every staged file it needs is there and matches.",
+    "and withdraws nothing unless every staged file it needs is there and matches. Cleared "
+    "after mark_verified stored the proof in other destinations, it stores it here too.",
     CHECK_DESTINATIONS: "Fails the run, naming them, when a destination does not hold the "
     "set (its upload task failed); clear that upload task once the destination answers.",
     BackupTask.CREATE_SCRATCH_DB: "Setup: an empty pgb_verify_<backup id> database on the "
