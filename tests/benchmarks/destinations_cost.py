@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, free_port, psql, wait_port
+from tests.integration.test_failures import stage_until_encrypted
 
 
 def _moto() -> tuple[Any, str]:
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 staging=str(staging),
             )
 
-        dumped, data, tables = stage_until_encrypted_with(source, one, run_info())
+        dumped, data, tables = stage_until_encrypted(one, run_info(), source)
         encrypted = EncryptResult(data=data, tables=tables)
         results: dict[str, list[float]] = {"one": [], "three": []}
         per_destination: dict[str, list[float]] = {d.name: [] for d in three.destinations}
@@ -184,36 +185,6 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     return 0
-
-
-def stage_until_encrypted_with(source: Any, cfg: Any, run: Any) -> tuple[Any, Any, Any]:
-    """Dump (with the given source endpoint), compress and encrypt once, with the real stages."""
-    from pg_backup.adapters.streams import compress_file, encrypt_file
-    from pg_backup.core import layout
-    from pg_backup.core.keys import parse_recipients
-    from pg_backup.stages.dump import run_dump
-    from pg_backup.stages.runtime import Runtime
-
-    run.staging_path.mkdir(parents=True, exist_ok=True)
-    dumped = run_dump(Runtime(cfg, run, source=source))
-    compressed = compress_file(
-        run.staging_path / layout.DUMP_FILE, dumped.dump, run.staging_path / layout.COMPRESSED_FILE
-    )
-    recipients = parse_recipients(cfg.encryption.recipients)
-    data = encrypt_file(
-        run.staging_path / layout.COMPRESSED_FILE,
-        compressed,
-        run.staging_path / layout.ENCRYPTED_FILE,
-        recipients,
-        part_size=cfg.storage.multipart_chunksize,
-    )
-    tables = encrypt_file(
-        run.staging_path / layout.TABLES_FILE,
-        dumped.tables,
-        run.staging_path / layout.ENCRYPTED_TABLES_FILE,
-        recipients,
-    )
-    return dumped, data, tables
 
 
 if __name__ == "__main__":

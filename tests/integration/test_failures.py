@@ -122,12 +122,17 @@ def row_counts(db: str) -> dict[str, int]:
     return {t: int(psql(f"SELECT count(*) FROM {t}", db)) for t in tables}
 
 
-def stage_until_encrypted(cfg: Any, run: layout.RunInfo) -> tuple[Any, Any, Any]:
-    """Run dump, compress and encrypt directly; return (dumped, data, tables) records."""
+def stage_until_encrypted(
+    cfg: Any, run: layout.RunInfo, source: Any = None
+) -> tuple[Any, Any, Any]:
+    """Run dump, compress and encrypt directly; return (dumped, data, tables) records.
+
+    :param source: the source endpoint to dump (None: looked up from ``source_conn_id``)
+    """
     from pg_backup.adapters.streams import compress_file, encrypt_file
     from pg_backup.stages.dump import run_dump
 
-    dumped = run_dump(Runtime(cfg, run))
+    dumped = run_dump(Runtime(cfg, run, **({"source": source} if source else {})))
     compressed = compress_file(
         run.staging_path / layout.DUMP_FILE, dumped.dump, run.staging_path / layout.COMPRESSED_FILE
     )
