@@ -210,14 +210,20 @@ class Stack:
             time.sleep(1.0)
 
     def wait_task_state(
-        self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        states: set[str],
+        timeout: float,
+        min_try: int = 0,
     ) -> dict[str, Any]:
-        """Poll one task instance until it reaches one of the states."""
+        """Poll one task instance until it reaches one of the states (in try ``min_try`` or later)."""
         deadline = time.monotonic() + timeout
         while True:
             self.assert_alive()
             ti = self.task_instances(dag_id, run_id).get(task_id)
-            if ti is not None and ti["state"] in states:
+            if ti is not None and ti["state"] in states and ti["try_number"] >= min_try:
                 return ti
             if time.monotonic() > deadline:
                 pytest.fail(
@@ -356,6 +362,28 @@ def _write_config(path: Path, stack_dirs: dict[str, Path], age: AgeKeys, port: i
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+def airflow_env(home: Path) -> dict[str, str]:
+    """The environment of a stack's Airflow processes: this one's, without its Airflow and
+    pg_backup settings, with this virtualenv first on PATH and the repository's DAGs and plugins.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "PG_BACKUP_", "PYTEST_"))
+    }
+    venv_bin = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        }
+    )
+    return env
+
+
 def _drop_databases(sources: dict[str, str]) -> None:
     """The source databases, and scratch databases a killed run may have left behind.
 
@@ -448,21 +476,11 @@ def airflow_stack(
         _drop_databases(sources)
         raise
 
-    venv_bin = str(Path(sys.executable).parent)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "PG_BACKUP_", "PYTEST_"))
-    }
+    env = airflow_env(home)
     env.update(
         {
-            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-            "AIRFLOW_HOME": str(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             # Paused at creation, and only the emergency DAGs are unpaused below (as a user
             # would in the UI): with catchup off, an unpaused CronTriggerTimetable DAG runs its
             # latest past interval at once, so every scheduled DAG (backup, drill, sweep of each

@@ -387,13 +387,9 @@ def test_clearing_upload_of_a_green_run_keeps_its_verified_set(airflow_stack: St
     # the stages downstream of it: restore and verify keep their results.
     rerun = {ti["task_id"] for ti in cleared["task_instances"]}
     assert "upload" in rerun and rerun <= {"preflight", "upload", "cleanup_staging"}, rerun
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:
-        upload = stack.task_instances(dag_id, run_id)["upload"]
-        if upload["try_number"] >= 2 and upload["state"] in ("success", "failed"):
-            break
-        assert time.monotonic() < deadline, upload
-        time.sleep(1.0)
+    upload = stack.wait_task_state(
+        dag_id, run_id, "upload", {"success", "failed"}, RUN_TIMEOUT_S, min_try=2
+    )
     ended = stack.wait_run(dag_id, run_id, RUN_TIMEOUT_S)
     tis = stack.task_instances(dag_id, run_id)
     assert (upload["state"], upload["try_number"]) == ("success", 2), upload

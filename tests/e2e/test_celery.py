@@ -11,10 +11,8 @@ sources sit behind one source-server label with a pool of one slot.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,6 +40,7 @@ from tests.e2e.conftest import (
     Stack,
     _session_pids,
     _set_child_subreaper,
+    airflow_env,
 )
 from tests.integration.conftest import RICH_SCHEMA
 
@@ -176,17 +175,10 @@ def celery_stack(
     launcher.write_text(LAUNCHER.format(deploy=REPO / "deploy" / "airflow.sh", root=root))
     launcher.chmod(0o755)
 
-    venv_bin = str(Path(sys.executable).parent)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "PG_BACKUP_", "PYTEST_"))
-    }
+    env = airflow_env(home)
     env.update(
         {
-            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": str(REPO),  # tests.e2e.worker_host, the hostname callable
-            "AIRFLOW_HOME": str(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta_url,
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
@@ -195,9 +187,6 @@ def celery_stack(
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.e2e.worker_host.hostname",
             "PGB_E2E_HOSTNAME": "control",
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__PARALLELISM": "8",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",

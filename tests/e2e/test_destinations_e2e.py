@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from pg_backup.core import layout
 from tests.e2e.conftest import BLOCKED, Stack
@@ -50,13 +49,9 @@ def test_a_down_destination_fails_its_task_and_the_run_until_its_upload_is_clear
     )
     rerun = {ti["task_id"] for ti in cleared["task_instances"]}
     assert {"upload_gone", "check_destinations"} <= rerun and "verify" not in rerun, rerun
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:
-        upload = stack.task_instances(dag_id, run_id)["upload_gone"]
-        if upload["try_number"] >= 4 and upload["state"] in ("success", "failed"):
-            break
-        assert time.monotonic() < deadline, upload
-        time.sleep(1.0)
+    stack.wait_task_state(
+        dag_id, run_id, "upload_gone", {"success", "failed"}, RUN_TIMEOUT_S, min_try=4
+    )
     ended = stack.wait_run(dag_id, run_id, RUN_TIMEOUT_S)
     tis = stack.task_instances(dag_id, run_id)
     assert ended["state"] == "success", {t: ti["state"] for t, ti in tis.items()}
