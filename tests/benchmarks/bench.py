@@ -9,7 +9,8 @@ repetition to the next, so a noisy neighbour does not always hit the same scenar
   A   the old cron script: pg_dump plain SQL to a file, then gzip it
   B   pg_dump -Fc (default compression) to a file
   C   the floor: pg_dump -Fc -Z0 > /dev/null          (C-j2: pg_dump -Fd -j2 -Z0 to a directory)
-  S   a bound, not ours: pg_dump -Fc -Z0 | zstd -3 | age to a file in one streaming pass
+  S   a bound, not ours: pg_dump -Fc -Z0 | zstd | age to a file in one streaming pass, at the
+      zstd level our compress stage defaults to
   D   our stages dump -> compress -> encrypt -> upload (file://), one fresh process each;
       D-s3 is the same set uploaded to a local S3 server instead; D-j2 uses dump.jobs=2
   E   pg_restore -j2 of B into a fresh database; E-ours: our restore + verify of D's
@@ -52,7 +53,7 @@ LABELS = {
     "B": "pg_dump -Fc (default compression) to a file",
     "C": "floor: pg_dump -Fc -Z0 > /dev/null",
     "C-j2": "floor, 2 jobs: pg_dump -Fd -j2 -Z0 to a directory",
-    "S": "one streaming pass: pg_dump -Fc -Z0 | zstd -3 -T0 | age > file (a bound, not ours)",
+    "S": "one streaming pass: pg_dump -Fc -Z0 | zstd -T0 | age > file, our default level (a bound, not ours)",
     "D": "ours: dump -> compress -> encrypt -> upload file://",
     "D-s3": "ours: the same, upload to the local S3 server",
     "D-j2": "ours with dump.jobs=2 (directory format, packed)",
@@ -331,6 +332,9 @@ class SizeBench:
         size = sum(p.stat().st_size for p in tree.iterdir())
         shutil.rmtree(tree)
         # What one pass without staged intermediates would cost (the same zstd level as ours).
+        from pg_backup.core.config import CompressConfig
+
+        level = CompressConfig().level
         out = self.work / "stream.zst.age"
         stream = self._cmd(
             "pg_dump | zstd | age",
@@ -338,7 +342,8 @@ class SizeBench:
                 "sh",
                 "-c",
                 (
-                    f'pg_dump -Fc -Z0 "{self.db}" | zstd -q -3 -T0 | age -r {self.recipient} > "{out}"'
+                    f'pg_dump -Fc -Z0 "{self.db}" | zstd -q -{level} -T0 '
+                    f'| age -r {self.recipient} > "{out}"'
                 ),
             ],
             [self.db],
@@ -573,19 +578,40 @@ def _empty_bucket(endpoint: str) -> None:
 
 
 SWEEP_BYTES = 64 * 1024 * 1024
-SWEEP_LEVELS = (1, 3, 6, 9, 12, 15)
+SWEEP_SLICES = 4
+SWEEP_LEVELS = (1, 3, 6, 9, 12, 15, 19)
+
+
+def sweep_sample(dump: Path, total: int = SWEEP_BYTES, slices: int = SWEEP_SLICES) -> bytes:
+    """``total`` bytes of ``dump`` in ``slices`` equal slices spread evenly through the file.
+
+    Spread rather than the first bytes: pg_dump writes one table after another, so the head of
+    the file is one table's rows (the largest, "AuditLog", sorts first) and says little of the
+    others'. The whole file when it is smaller than ``total``.
+    """
+    size = dump.stat().st_size
+    if size <= total:
+        return dump.read_bytes()
+    part = total // slices
+    step = (size - part) // max(slices - 1, 1)
+    with dump.open("rb") as handle:
+        chunks = []
+        for i in range(slices):
+            handle.seek(i * step)
+            chunks.append(handle.read(part))
+    return b"".join(chunks)
 
 
 def level_sweep(dump: Path, work: Path) -> dict[str, Any]:
-    """zstd levels against gzip -6 on the same slice of the staged dump: bytes and speed.
+    """zstd levels against gzip -6 on the same sample of the staged dump: bytes and speed.
 
     Evidence for the artifact-size target: the ratio our zstd level reaches, and what the
-    higher levels would cost in compress time, measured on the first 64 MiB.
+    higher levels would cost in compress time, measured on 64 MiB spread through the dump
+    (``sweep_sample``); level 19 stands for the most zstd can do on this data.
     """
     import zstandard
 
-    with dump.open("rb") as handle:
-        sample = handle.read(SWEEP_BYTES)
+    sample = sweep_sample(dump)
     out: dict[str, Any] = {"sample_bytes": len(sample), "levels": []}
     started = time.monotonic()
     gz = subprocess.run(["gzip", "-6", "-c"], input=sample, capture_output=True, check=True)
@@ -596,6 +622,8 @@ def level_sweep(dump: Path, work: Path) -> dict[str, Any]:
         out["levels"].append(
             {"level": level, "bytes": len(packed), "seconds": time.monotonic() - started}
         )
+        if level == SWEEP_LEVELS[-1]:
+            continue  # the top level stands alone; --long there only adds minutes
         # Long-distance matching (zstd --long=27): repeats further apart than the level's window.
         params = zstandard.ZstdCompressionParameters.from_level(
             level, enable_ldm=True, window_log=27, threads=-1
@@ -848,6 +876,16 @@ def machine() -> dict[str, Any]:
 # --- command line -----------------------------------------------------------------------------
 
 
+WARM_IMPORTS = (
+    "import boto3, pyrage, zstandard, psycopg2, pydantic, yaml; "
+    "import tests.benchmarks.stages; "
+    + "; ".join(
+        f"import pg_backup.stages.{m}"
+        for m in ("dump", "compress", "encrypt", "upload", "restore", "verify")
+    )
+)
+
+
 def run_bench(
     pg: Pg,
     sizes: list[str],
@@ -883,6 +921,9 @@ def run_bench(
                 flush=True,
             )
             build_data(pg, size, dbname=name)
+    # Byte-compile what the stage processes import (uv installs without .pyc files): the first
+    # process to import a module would otherwise pay for compiling it, in time and peak RSS.
+    subprocess.run([PY, "-c", WARM_IMPORTS], check=True, cwd=REPO, env=_clean_env())
     s3 = None if only and not ({"D-s3"} & only) else S3Server(log)
     try:
         af_env = airflow_home(work, log) if not only or "F" in only else {}
