@@ -63,12 +63,14 @@ clean:
 airflow: install tools pg-up
 	$(BIN)/python -m pg_backup.demo airflow
 
-# Benchmarks (not part of `make test`): the voting database of about SIZE, then every scenario
-# REPEAT times side by side; report in bench-results/ and docs/benchmark.{md,png,json}.
-# The scale run: SIZES="0.25G 1G 4G".
+# Benchmarks (not part of `make test`): the voting database at each of SIZES, then the
+# scenarios the targets need (ONLY; empty runs every scenario) REPEAT times side by side; report
+# in bench-results/ and docs/benchmark.{md,png,json}. About an hour on 2 cores; a quick look:
+# `make bench SIZE=1G REPEAT=1`.
 SIZE ?=
-SIZES ?= $(or $(SIZE),0.25G 1G)
+SIZES ?= $(or $(SIZE),0.25G 1G 4G)
 REPEAT ?= 3
+ONLY ?= A,C,S,D,D-s3,G
 # The content proof's cost is measured on the largest size of the run.
 PROOF_DB ?= pgb_bench_$(subst .,_,$(shell echo $(lastword $(SIZES)) | tr A-Z a-z))
 BENCH := $(BIN)/python -m tests.benchmarks.bench --host $(PGHOST) --port $(PGPORT)
@@ -78,7 +80,8 @@ bench-data: install tools pg-up
 
 bench: install tools pg-up
 	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev,bench]'
-	$(BENCH) run $(foreach s,$(SIZES),--size $(s)) --repeat $(REPEAT) --docs docs
+	$(BENCH) run $(foreach s,$(SIZES),--size $(s)) --repeat $(REPEAT) \
+		$(if $(ONLY),--only $(ONLY)) --docs docs
 	$(BIN)/python -m tests.benchmarks.proof_cost --db $(PROOF_DB) --repeat $(REPEAT) \
 		--out bench-results/proof-cost.json
 	$(BIN)/python -m tests.benchmarks.report bench-results/results.json docs
