@@ -53,3 +53,36 @@ def test_bench_runs_every_scenario_on_a_tiny_database(pg_server, tmp_path, capsy
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith("E-ours-j2 / E-ours") or "(info)" in printed[-1]
     assert any(line.startswith("D(file) / C") for line in printed[-15:])
+
+
+def test_level_sweep_samples_the_whole_dump_not_its_head(tmp_path):
+    """The sample takes equal slices from the start, the middle and the end of the dump."""
+    from tests.benchmarks.bench import sweep_sample
+
+    dump = tmp_path / "db.dump"
+    dump.write_bytes(b"".join(bytes([i]) * 1000 for i in range(10)))  # ten 1000-byte runs
+    sample = sweep_sample(dump, total=400, slices=4)
+    assert len(sample) == 400
+    assert sample[:100] == bytes([0]) * 100 and sample[-100:] == bytes([9]) * 100
+    assert {sample[100], sample[200]} == {3, 6}
+    assert sweep_sample(dump, total=20_000) == dump.read_bytes()  # small dumps whole
+
+
+def test_the_report_names_the_first_zstd_level_that_would_meet_the_size_target():
+    """Each level's artifact ratio is scaled from the default level's measured one."""
+    from tests.benchmarks.report import _level_needed
+
+    sweep = {
+        "sample_bytes": 64_000_000,
+        "levels": [
+            {"level": 1, "bytes": 1000, "seconds": 0.2},
+            {"level": 1, "long": True, "bytes": 990, "seconds": 0.5},
+            {"level": 9, "bytes": 930, "seconds": 2.0},
+            {"level": 12, "bytes": 880, "seconds": 4.0},
+        ],
+    }
+    text = _level_needed(sweep, ratio=1.0)
+    assert "level 12 (about 0.88×)" in text and "16 MB/s" in text and "320 MB/s" in text
+    none = _level_needed(sweep, ratio=1.1)
+    assert none.startswith("no zstd level reaches it") and "level 12" in none
+    assert "about 0.97×" in none
