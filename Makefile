@@ -8,10 +8,14 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint airflow bench bench-data constraints tools pg-up install clean
 
+# Byte-compiled at install (uv does not by default; pip does, as in deploy/Dockerfile): where
+# PYTHONDONTWRITEBYTECODE is set, every task process would otherwise compile each module it
+# imports, about 0.2 s per stage process and 0.9 s per `import airflow.sdk` (docs/performance.md).
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev]'
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m compileall -q plugins dags >/dev/null
 	touch $@
 
 install: $(BIN)/.installed
@@ -79,7 +83,7 @@ bench-data: install tools pg-up
 	$(BENCH) data $(foreach s,$(SIZES),--size $(s))
 
 bench: install tools pg-up
-	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e '.[dev,bench]'
 	$(BENCH) run $(foreach s,$(SIZES),--size $(s)) --repeat $(REPEAT) \
 		$(if $(ONLY),--only $(ONLY)) --docs docs
 	$(BIN)/python -m tests.benchmarks.proof_cost --db $(PROOF_DB) --repeat $(REPEAT) \
