@@ -433,6 +433,19 @@ def _level_needed(sweep: dict[str, Any] | None, ratio: float, limit: float = 0.9
     )
 
 
+def _two_stages(size: Size, walls: dict[str, list[float]], c: float, a: float) -> str:
+    """The bound the stage design itself sets: the dump stage (pg_dump, its content proof and
+    the hashed copy to staging) and zstd at the default level, before encrypt and upload."""
+    med = statistics.median
+    both = med(walls["dump"]) + med(walls["compress"])
+    limit = _d_over_c_limit(size)
+    verdict = "already over" if both > limit * c else "within"
+    return (
+        f"The dump and compress stages alone take {both:.1f} s, {both / c:.2f}× C and "
+        f"{both / a:.2f}× A: {verdict} the {limit:g}× C budget before encrypt and upload start. "
+    )
+
+
 def _why(size: Size) -> list[str]:
     """For each target: by how much it is missed, where the time or bytes go, what closes it."""
     med = statistics.median
@@ -458,6 +471,7 @@ def _why(size: Size) -> list[str]:
             f"out), encrypt {med(walls['encrypt']):.1f} s, upload {med(walls['upload']):.1f} s "
             "(each a further read, hash, write and fsync of the compressed file); "
             f"{startup:.1f} s is interpreter start-up of the four processes.{bound} "
+            f"{_two_stages(size, walls, c, a)}"
             "*What would close it:* compress and encrypt in the dump's pass (pg_dump | zstd | "
             "age, as S does) — at the price of the one-file-per-stage hand-over the design "
             "uses for retries, hash checks and the separate tasks the user asked to see."
@@ -470,7 +484,7 @@ def _why(size: Size) -> list[str]:
         text = (
             f"* **Artifact bytes {ours / cron:.2f}× the cron .sql.gz (target 0.9×).** "
             "The custom format's many small data blocks cost a little (the jobs=2 directory "
-            f"format packs to {j2 / cron:.2f}×)"
+            f"format packs to {j2 / cron:.2f}×)."
             if j2
             else f"* **Artifact bytes {ours / cron:.2f}× the cron .sql.gz (target 0.9×).**"
         )
@@ -483,12 +497,12 @@ def _why(size: Size) -> list[str]:
                 for lv in sweep["levels"]
             )
             text += (
-                f"; on {sweep['sample_bytes'] / 2**20:.0f} MiB spread through the dump, relative "
+                f" On {sweep['sample_bytes'] / 2**20:.0f} MiB spread through the dump, relative "
                 f"to gzip -6 on the same bytes "
                 f"({sweep['sample_bytes'] / 1e6 / sweep['gzip6']['seconds']:.0f} MB/s): {rows}"
             )
-        text += (
-            ". The rows are mostly md5-derived hex, uuids, IP addresses and timestamps: "
+        text += ("." if sweep else "") + (
+            " The rows are mostly md5-derived hex, uuids, IP addresses and timestamps: "
             "high-entropy text that fast compressors all squeeze to about the same size. "
             f"*What would close it:* {_level_needed(sweep, ours / cron)}"
         )
