@@ -7,8 +7,9 @@ of ``[scheduler] scheduler_idle_sleep_time`` (Airflow's default is 1 s: how long
 sleeps after a loop that found nothing to do, so how long a finished task may wait before its
 downstream task is queued), then runs the emergency backup DAG of the bench database on each in
 turn, interleaved, ``--repeat`` times. Prints, per value, the median wall of the run and the
-median of the gaps between consecutive tasks on its longest path (seconds). The database must
-exist (``make bench-data SIZE=1G``).
+median of the gaps between consecutive tasks on its longest path (seconds), and then what each
+scheduler costs when there is nothing to do (its processes' CPU over ``--idle-seconds``). The
+database must exist (``make bench-data SIZE=1G``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,12 +52,36 @@ def gaps(tasks: dict[str, Any]) -> float:
     )
 
 
+def idle_cpu(stack: SchedulerStack, seconds: float) -> float:
+    """Share of one core the stack's scheduler processes use over ``seconds`` with no run."""
+
+    def ticks() -> int:
+        total = 0
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # fields[2] is the process group (stat's 5th field), [11]/[12] utime/stime
+            if int(fields[2]) == stack.proc.pid and b"scheduler" in cmdline:
+                total += int(fields[11]) + int(fields[12])
+        return total
+
+    before = ticks()
+    time.sleep(seconds)
+    return (ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure and print; exit 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1G")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sleep", type=float, action="append", required=True)
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--host", default=os.environ.get("PGHOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PGPORT", "5432")))
     parser.add_argument("--user", default=os.environ.get("PGUSER") or "postgres")
@@ -87,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"the run ended {stats['state']}: {stats['tasks']}")
                 runs[sleep].append(stats)
                 print(f"idle sleep {sleep:g} s: run {stats['wall']:.1f} s", flush=True)
+        idle = {sleep: idle_cpu(stack, args.idle_seconds) for sleep, stack in stacks.items()}
         for sleep, done in runs.items():
             wall = statistics.median(r["wall"] for r in done)
             gap = statistics.median(gaps(r["tasks"]) for r in done)
             print(
                 f"scheduler_idle_sleep_time {sleep:g} s: run {wall:.1f} s, gaps on the longest "
-                f"path {gap:.1f} s (medians of {len(done)})"
+                f"path {gap:.1f} s (medians of {len(done)}); idle, the scheduler used "
+                f"{idle[sleep]:.1%} of a core over {args.idle_seconds:g} s"
             )
     finally:
         for stack in stacks.values():
