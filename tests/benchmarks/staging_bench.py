@@ -30,7 +30,9 @@ def hwm_mb():
             return int(line.split()[1]) / 1024
 """
 
-_CHILD = _HWM + """
+_CHILD = (
+    _HWM
+    + """
 import json, sys, time
 from pathlib import Path
 from pg_backup.adapters.run_staging import LocalStaging, ObjectStaging
@@ -53,14 +55,18 @@ encrypt_staged(staged, compressed, "db.dump.zst.age", [x25519.Identity.generate(
 seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "max_rss_mb": hwm_mb()}))
 """
+)
 
-_BASELINE = _HWM + """
+_BASELINE = (
+    _HWM
+    + """
 import json
 from pg_backup.adapters import run_staging, storage, streams  # noqa: F401
 import boto3, pyrage, zstandard  # noqa: F401
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: F401
 print(json.dumps({"max_rss_mb": hwm_mb()}))
 """
+)
 
 
 def synthetic_dump(path: Path, megabytes: int) -> dict[str, Any]:
