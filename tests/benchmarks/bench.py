@@ -987,13 +987,18 @@ def _without_work(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "sizes": sizes}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench")
+def add_pg_arguments(parser: argparse.ArgumentParser) -> None:
+    """--host, --port and --user of the bench's PostgreSQL server (libpq's variables by default)."""
     parser.add_argument("--host", default=os.environ.get("PGHOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PGPORT", "5432")))
     parser.add_argument(
         "--user", default=os.environ.get("PGUSER") or os.environ.get("USER") or "postgres"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench")
+    add_pg_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="(re)build the bench database(s)")
     data.add_argument("--size", action="append", required=True, help="e.g. 0.25G, 1G, 4G")

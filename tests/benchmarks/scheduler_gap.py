@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.bench import Pg, SchedulerStack, SizeBench, db_name
+from tests.benchmarks.bench import Pg, SchedulerStack, SizeBench, add_pg_arguments, db_name
 
 DAG = "pg_backup_emergency_benchsched"
 # The restore branch: the longest path of the daily run on the voting data.
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sleep", type=float, action="append", required=True)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
-    parser.add_argument("--host", default=os.environ.get("PGHOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PGPORT", "5432")))
-    parser.add_argument("--user", default=os.environ.get("PGUSER") or "postgres")
+    add_pg_arguments(parser)
     args = parser.parse_args(argv)
     from pyrage import x25519
 
