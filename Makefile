@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 # Byte-compiled at install (uv does not by default; pip does, as in deploy/Dockerfile): where
 # PYTHONDONTWRITEBYTECODE is set, every task process would otherwise compile each module it
-# imports, about 0.2 s per stage process and 0.9 s per `import airflow.sdk` (docs/performance.md).
+# imports, about 0.5 s per stage process and 2.3 s per `import airflow.sdk` (docs/performance.md).
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv

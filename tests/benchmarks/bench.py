@@ -923,7 +923,7 @@ def run_bench(
             build_data(pg, size, dbname=name)
     # Every process measured imports byte-compiled modules, as a pip-installed deployment does:
     # with PYTHONDONTWRITEBYTECODE set (as on this kind of machine) nothing else writes them, and
-    # each stage process would compile what it imports again (about 0.2 s each, measured).
+    # each stage process would compile what it imports again (about 0.5 s each: tests/benchmarks/startup.py).
     subprocess.run(
         [PY, "-m", "compileall", "-q", "-j", "0", *COMPILED],
         check=True,
