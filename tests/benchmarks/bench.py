@@ -923,7 +923,8 @@ def run_bench(
             build_data(pg, size, dbname=name)
     # Every process measured imports byte-compiled modules, as a pip-installed deployment does:
     # with PYTHONDONTWRITEBYTECODE set (as on this kind of machine) nothing else writes them, and
-    # each stage process would compile what it imports again (about 0.5 s each: tests/benchmarks/startup.py).
+    # each stage process would compile what it imports again (about 0.5 s each, measured by
+    # tests/benchmarks/startup.py).
     subprocess.run(
         [PY, "-m", "compileall", "-q", "-j", "0", *COMPILED],
         check=True,
