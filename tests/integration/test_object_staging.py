@@ -190,3 +190,37 @@ def test_preflight_proves_the_staging_bucket_takes_an_object(object_staged):
     missing = cfg.model_copy(update={"staging_url": "s3://pgbt-no-such-bucket/staging"})
     with pytest.raises(StorageError, match="pgbt-no-such-bucket"):
         Preflight(Runtime(missing, h.run_info())).staging()
+
+
+def test_a_staged_part_fills_on_disk_not_in_memory(object_staged):
+    """The writer spools each part in the worker's directory: a part's bytes are never held in
+    memory (64 MiB parts cost a compress stage 402 MB of peak RSS when they were), and what it
+    sends is exactly what was written."""
+    import tracemalloc
+
+    from pg_backup.core.config import load_config
+    from pg_backup.stages.runtime import Runtime
+
+    h, bucket = object_staged
+    info = h.run_info()
+    rt = Runtime(load_config(h.config_path).target(h.name), info)
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    tracemalloc.start()
+    try:
+        with rt.staging.writer("spooled") as out:
+            for _ in range(4):  # 4 MiB of a 5 MiB part: nothing sent yet
+                out.write(chunk)
+            held = sum(
+                stat.size
+                for stat in tracemalloc.take_snapshot()
+                .filter_traces([tracemalloc.Filter(True, "*/adapters/run_staging.py")])
+                .statistics("filename")
+            )
+            for _ in range(8):  # then one full part sent, and the rest at the end
+                out.write(chunk)
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024, f"{held} bytes held by the writer"
+    key = f"staging/{h.name}/{info.backup_id}/spooled"
+    stored = h.s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert stored == chunk * 12
