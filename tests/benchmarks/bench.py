@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.measure import Measurement, run_measured
+from tests.benchmarks.moto_client import bench_s3_client
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -564,15 +565,7 @@ def _conn(pg: Pg, dbname: str) -> dict[str, Any]:
 
 
 def _empty_bucket(endpoint: str) -> None:
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-    )
+    client = bench_s3_client(endpoint)
     for page in client.get_paginator("list_objects_v2").paginate(Bucket="pgb-bench"):
         for item in page.get("Contents", []):
             client.delete_object(Bucket="pgb-bench", Key=item["Key"])
@@ -784,18 +777,11 @@ class S3Server:
             start_new_session=True,  # noqa: SIM115
             env=dict(_clean_env(), AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench"),
         )
-        import boto3
 
         deadline = time.monotonic() + 60
         while True:
             try:
-                boto3.client(
-                    "s3",
-                    endpoint_url=self.endpoint,
-                    region_name="us-east-1",
-                    aws_access_key_id="bench",
-                    aws_secret_access_key="bench",
-                ).create_bucket(Bucket="pgb-bench")
+                bench_s3_client(self.endpoint).create_bucket(Bucket="pgb-bench")
                 break
             except Exception:
                 if time.monotonic() > deadline or self.proc.poll() is not None:

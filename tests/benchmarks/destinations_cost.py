@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.benchmarks.moto_client import bench_s3_client
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, free_port, psql, wait_port
 from tests.integration.test_failures import stage_until_encrypted
 
@@ -44,16 +45,9 @@ def _moto() -> tuple[Any, str]:
 
 
 def _bucket(endpoint: str) -> str:
-    import boto3
 
     name = f"pgbb-{uuid.uuid4().hex[:10]}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-        region_name="us-east-1",
-    ).create_bucket(Bucket=name)
+    bench_s3_client(endpoint).create_bucket(Bucket=name)
     return name
 
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.benchmarks.moto_client import bench_s3_client
+
 
 def _load(spec: dict[str, Any]) -> tuple[Any, Any]:
     from pg_backup.core.config import load_config
@@ -32,16 +34,8 @@ def _store(spec: dict[str, Any], cfg: Any) -> Any:
 
     if not cfg.storage.url.startswith("s3://"):
         return open_storage(cfg.storage)
-    import boto3
-
     store = S3Storage(cfg.storage.url, cfg.storage, cfg.storage.aws_conn_id)
-    store._client = boto3.client(
-        "s3",
-        endpoint_url=spec["s3_endpoint"],
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-    )
+    store._client = bench_s3_client(spec["s3_endpoint"])
     chunk = cfg.storage.multipart_chunksize
 
     def s3_form(parsed: dict[str, Any], **_: Any) -> None:

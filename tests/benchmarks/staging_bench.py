@@ -95,8 +95,9 @@ def child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 def main() -> None:
     """Print one JSON line per mode: median seconds, MB/s, peak RSS over the import baseline."""
-    import boto3
     from moto.server import ThreadedMotoServer
+
+    from tests.benchmarks.moto_client import bench_s3_client
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mb", type=int, default=128)
@@ -131,13 +132,7 @@ def main() -> None:
             ),
         }
     )
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-    )
+    client = bench_s3_client(endpoint)
     client.create_bucket(Bucket="pgb-bench")
     baseline = child([_BASELINE], env)["max_rss_mb"]
     results = []
