@@ -188,6 +188,23 @@ class Stack:
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
 
+    def clear(self, dag_id: str, run_id: str, task_ids: list[str]) -> set[str]:
+        """Clear these tasks of one run as the UI's "Clear" does (not upstream, not downstream);
+        return the task ids Airflow cleared (it adds their setups and teardowns)."""
+        cleared = self.api(
+            "POST",
+            f"/dags/{dag_id}/clearTaskInstances",
+            json={
+                "dry_run": False,
+                "dag_run_id": run_id,
+                "task_ids": task_ids,
+                "only_failed": False,
+                "include_upstream": False,
+                "include_downstream": False,
+            },
+        )
+        return {ti["task_id"] for ti in cleared["task_instances"]}
+
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         """task_id -> task instance record of one run."""
         body = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")

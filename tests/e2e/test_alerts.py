@@ -371,21 +371,9 @@ def test_clearing_upload_of_a_green_run_keeps_its_verified_set(airflow_stack: St
     assert set(before) == set(layout.SET_OBJECTS)
     assert not (stack.staging_root / "healthy" / backup_id).exists()  # cleaned after success
 
-    cleared = stack.api(
-        "POST",
-        f"/dags/{dag_id}/clearTaskInstances",
-        json={
-            "dry_run": False,
-            "dag_run_id": run_id,
-            "task_ids": ["upload"],
-            "only_failed": False,
-            "include_upstream": False,
-            "include_downstream": False,
-        },
-    )
+    rerun = stack.clear(dag_id, run_id, ["upload"])
     # Airflow clears a task's setup and teardown with it (preflight, cleanup_staging), never
     # the stages downstream of it: restore and verify keep their results.
-    rerun = {ti["task_id"] for ti in cleared["task_instances"]}
     assert "upload" in rerun and rerun <= {"preflight", "upload", "cleanup_staging"}, rerun
     upload = stack.wait_task_state(
         dag_id, run_id, "upload", {"success", "failed"}, RUN_TIMEOUT_S, min_try=2

@@ -35,19 +35,7 @@ def test_a_down_destination_fails_its_task_and_the_run_until_its_upload_is_clear
     assert (stack.staging_root / "copies" / backup_id).exists()  # kept for the clear
 
     (stack.storage_root.parent / BLOCKED).unlink()  # the destination is back
-    cleared = stack.api(
-        "POST",
-        f"/dags/{dag_id}/clearTaskInstances",
-        json={
-            "dry_run": False,
-            "dag_run_id": run_id,
-            "task_ids": ["upload_gone", "check_destinations"],
-            "only_failed": False,
-            "include_upstream": False,
-            "include_downstream": False,
-        },
-    )
-    rerun = {ti["task_id"] for ti in cleared["task_instances"]}
+    rerun = stack.clear(dag_id, run_id, ["upload_gone", "check_destinations"])
     assert {"upload_gone", "check_destinations"} <= rerun and "verify" not in rerun, rerun
     stack.wait_task_state(
         dag_id, run_id, "upload_gone", {"success", "failed"}, RUN_TIMEOUT_S, min_try=4
