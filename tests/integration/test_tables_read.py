@@ -69,7 +69,7 @@ def stage_restore(dumped: Dumped) -> Any:
 def test_tables_are_read_with_all_their_rows_while_the_indexes_are_built(
     databases: Any, tmp_path: Any, age_keys: AgeKeys
 ) -> None:
-    """The reading starts after the data section and before the slow index exists."""
+    """The reading starts after the data and the keys, and before the slow index exists."""
     from pg_backup.adapters.pg_restore import restore_dump
 
     dumped = dump(databases(SLOW_INDEX), tmp_path, age_keys.public)
@@ -79,10 +79,12 @@ def test_tables_are_read_with_all_their_rows_while_the_indexes_are_built(
     def while_indexing() -> None:
         rows = sql("SELECT count(*) FROM slow", scratch)
         index = sql("SELECT count(*) FROM pg_class WHERE relname = 'slow_expr_idx'", scratch)
-        seen.append((rows, index))
+        key = sql("SELECT count(*) FROM pg_constraint WHERE conname = 'slow_pkey'", scratch)
+        seen.append((rows, index, key))
 
     restore_dump(endpoint(scratch), str(dumped.path), 2, while_indexing=while_indexing)
-    assert seen == [(str(ROWS), "0")]
+    # rows loaded and the key made (it locks readers out), the index still being built
+    assert seen == [(str(ROWS), "0", "1")]
     assert sql("SELECT count(*) FROM pg_class WHERE relname = 'slow_expr_idx'", scratch) == "1"
     assert sql("SELECT count(*) FROM pg_constraint WHERE conname = 'quick_slow_id_fkey'", scratch)
     assert dumped.prove(endpoint(scratch)).ok

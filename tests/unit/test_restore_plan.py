@@ -37,7 +37,8 @@ def lines(*texts: str) -> list[str]:
     return [line for text in texts for line in text.splitlines() if line and line[0] != ";"]
 
 
-def test_indexes_keys_triggers_and_rules_are_beside_the_rest_after_event_triggers_last() -> None:
+def test_keys_first_then_indexes_beside_the_rest_after_and_event_triggers_last() -> None:
+    """Keys and rules lock readers out: before the reading; what never blocks it: beside."""
     plan = plan_post_data(PRE_AND_DATA + POST, POST)
     assert isinstance(plan, PostDataPlan)
     assert [line.split(";")[0] for line in plan.first if line[0] != ";"] == [
@@ -46,11 +47,12 @@ def test_indexes_keys_triggers_and_rules_are_beside_the_rest_after_event_trigger
         "3350",
         "3360",
     ]
-    assert [line.split(";")[0] for line in plan.beside] == [str(n) for n in range(3200, 3207)]
+    assert [line.split(";")[0] for line in plan.keys] == ["3200", "3205"]
+    assert [line.split(";")[0] for line in plan.beside] == ["3201", "3202", "3203", "3204", "3206"]
     assert [line.split(";")[0] for line in plan.after] == ["3207", "3208", "3209", "3210"]
     assert [line.split(";")[0] for line in plan.triggers] == ["3211"]
     # every entry in exactly one run
-    runs = plan.first + plan.beside + plan.after + plan.triggers
+    runs = plan.first + plan.keys + plan.beside + plan.after + plan.triggers
     assert sorted(lines("\n".join(runs))) == sorted(lines(PRE_AND_DATA, POST))
 
 
@@ -74,5 +76,5 @@ def test_an_entry_of_an_unknown_kind_means_no_work_beside_naming_it() -> None:
 def test_a_dump_without_post_data_has_nothing_beside() -> None:
     plan = plan_post_data(PRE_AND_DATA, "")
     assert isinstance(plan, PostDataPlan)
-    assert (plan.beside, plan.after, plan.triggers) == ([], [], [])
+    assert (plan.keys, plan.beside, plan.after, plan.triggers) == ([], [], [], [])
     assert len(lines("\n".join(plan.first))) == 4

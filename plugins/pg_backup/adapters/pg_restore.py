@@ -8,11 +8,13 @@ not create them (creating an event trigger needs a superuser) restores everythin
 verification names them as not restorable by that login.
 
 A caller may have work done while the post-data section builds indexes and keys
-(``while_indexing``): that section is then restored in three runs (``plan_post_data``): what
-cannot change a row (indexes, keys, triggers, rules) beside the work, then the rest (row
-security, comments, publications), then the event triggers. Dumps whose post-data section runs
-code that may write (a materialized view's refresh, a separately added CHECK constraint) and
-entries of kinds not known here are restored as one run, and the work is not done.
+(``while_indexing``): that section is then restored in four runs (``plan_post_data``): the keys
+and rules, which lock their table against reading; then, beside the caller's work, what takes
+no lock that blocks a reader and cannot change a row (indexes, foreign keys, triggers); then the
+rest (row security, policies, comments, publications); then the event triggers. Dumps whose
+post-data section runs code that may write (a materialized view's refresh, a separately added
+CHECK constraint) and entries of kinds not known here are restored as one run, and the work is
+not done.
 
 Any error fails with pg_restore's own messages; the password travels in the child's environment.
 """
@@ -65,11 +67,17 @@ def split_event_triggers(toc: str) -> tuple[list[str], list[str]]:
 
 
 _ENTRY = re.compile(r"^\s*(\d+);\s+\d+\s+\d+\s+(.*)$")
-# Post-data entries whose restore cannot change a row of any table (PostgreSQL runs no user
-# code that may write: index expressions and predicates must be IMMUTABLE, foreign keys are
-# checked by its own queries, triggers and rules only fire on later statements). Restored
-# while the caller reads the tables.
-_BESIDE = ("INDEX ATTACH", "INDEX", "FK CONSTRAINT", "CONSTRAINT", "TRIGGER", "RULE", "STATISTICS")
+# Post-data entries whose restore cannot change a row of any table: PostgreSQL runs no user
+# code that may write (index expressions and predicates must be IMMUTABLE, foreign keys are
+# checked by its own queries, triggers and rules only fire on later statements).
+# Keys (PRIMARY KEY, UNIQUE, EXCLUDE) and rules take ACCESS EXCLUSIVE on their table: a reader
+# holding the table would stall them, and pg_restore schedules no index of that table until
+# they are done. They are restored first, in a run of their own.
+_BEFORE = ("CONSTRAINT", "RULE")
+# CREATE INDEX takes SHARE, ADD FOREIGN KEY and CREATE TRIGGER SHARE ROW EXCLUSIVE, ATTACH
+# PARTITION of an index and CREATE STATISTICS SHARE UPDATE EXCLUSIVE: none blocks a reader
+# (ACCESS SHARE), so these run beside the caller's reading.
+_BESIDE = ("INDEX ATTACH", "INDEX", "FK CONSTRAINT", "TRIGGER", "STATISTICS")
 # Restored after the caller's work: they change what a reading session sees (row security),
 # or need an object of the first run (comments, labels), or are not needed to read tables.
 _AFTER = (
@@ -88,11 +96,13 @@ _AFTER = (
 class PostDataPlan:
     """A table of contents as restore runs, each a list of ``pg_restore --list`` lines.
 
-    ``first``: pre-data and data; ``beside``: post-data entries restored while the caller
-    works; ``after``: the rest of post-data; ``triggers``: event triggers, last.
+    ``first``: pre-data and data; ``keys``: keys and rules (they lock out readers);
+    ``beside``: post-data entries restored while the caller works; ``after``: the rest of
+    post-data; ``triggers``: event triggers, last.
     """
 
     first: list[str]
+    keys: list[str]
     beside: list[str]
     after: list[str]
     triggers: list[str]
@@ -114,6 +124,7 @@ def plan_post_data(toc: str, post_data: str) -> PostDataPlan | str:
     post = {m.group(1) for m in map(_ENTRY.match, post_data.splitlines()) if m}
     rest, triggers = split_event_triggers(toc)
     first: list[str] = []
+    keys: list[str] = []
     beside: list[str] = []
     after: list[str] = []
     for line in rest:
@@ -124,6 +135,8 @@ def plan_post_data(toc: str, post_data: str) -> PostDataPlan | str:
         kind = match.group(2)
         if kind.startswith(_BESIDE):
             beside.append(line)
+        elif kind.startswith(_BEFORE):
+            keys.append(line)
         elif kind.startswith(_AFTER):
             after.append(line)
         elif kind.startswith("MATERIALIZED VIEW DATA"):
@@ -132,7 +145,7 @@ def plan_post_data(toc: str, post_data: str) -> PostDataPlan | str:
             )
         else:
             return f"the post-data section holds an entry of a kind not planned for ({kind})"
-    return PostDataPlan(first, beside, after, triggers)
+    return PostDataPlan(first, keys, beside, after, triggers)
 
 
 def may_create_event_triggers(target: PgEndpoint) -> bool:
@@ -174,7 +187,7 @@ def restore_dump(
     ``owners``: keep the dump's owners and grants (every role they name must exist); without,
     ``--no-owner --no-privileges``. ``while_indexing``: called once the tables hold their
     rows, while indexes and keys are built, when ``plan_post_data`` allows (its result and
-    exceptions are the caller's: see ``restore_beside``); not called otherwise.
+    exceptions are the caller's; a pg_restore failure wins over them); not called otherwise.
 
     :raises ToolFailed: pg_restore reported an error (its messages are in the exception)
     :raises RestoreError: the target server lacks an extension the dump needs
@@ -239,12 +252,15 @@ def _pg_restore(
 
         if isinstance(plan, PostDataPlan) and while_indexing is not None:
             restore("first.list", plan.first)
+            if plan.keys:
+                restore("keys.list", plan.keys)
             with ThreadPoolExecutor(1, thread_name_prefix="pg_restore") as pool:
-                building = pool.submit(restore, "beside.list", plan.beside)
+                building = pool.submit(restore, "beside.list", plan.beside) if plan.beside else None
                 try:
                     while_indexing()
                 finally:
-                    building.result()  # pg_restore's failure wins over the caller's
+                    if building is not None:
+                        building.result()  # pg_restore's failure wins over the caller's
             if plan.after:
                 restore("after.list", plan.after)
         elif not triggers:
