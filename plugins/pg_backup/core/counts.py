@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from pg_backup.core.fingerprint import LARGE_OBJECTS_SQL, add, ordered_columns, stats_sql
 
 LARGE_OBJECTS = "<large objects>"
@@ -186,48 +184,6 @@ def count_relations(
     counts = [measure(cur, r, fingerprint)[0] for r in list_relations(cur, schemas, exclude)]
     counts.append(measure_large_objects(cur, fingerprint))
     return counts
-
-
-class MeasuredTable(BaseModel):
-    """One table's count and fingerprint, and the filenode it was read from."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    table_schema: str
-    table_name: str
-    rows: int
-    fingerprint: str | None = None
-    via_root: str | None = None
-    filenode: int
-
-    def count(self) -> TableCount:
-        """As the comparison takes it."""
-        return TableCount(
-            self.table_schema, self.table_name, "table", self.rows, self.fingerprint, self.via_root
-        )
-
-
-class TablesRead(BaseModel):
-    """Tables of a restored database counted (and fingerprinted) before the proof ran.
-
-    The restore stage reads them while pg_restore builds indexes and keys, and stages this as
-    a note (table names and fingerprints are data: never in XCom). The proof takes a table
-    from it only when it is still the same storage (``filenode``) of the same database
-    (``database_oid``, from ``pg_database``) and the fingerprints are of the same kind.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    database_oid: int
-    content: bool
-    seconds: float
-    tables: list[MeasuredTable]
-
-    def usable(self, database_oid: int, content: bool) -> dict[tuple[str, str], MeasuredTable]:
-        """The tables by (schema, name), or none if read in another database or otherwise."""
-        if database_oid != self.database_oid or content != self.content:
-            return {}
-        return {(t.table_schema, t.table_name): t for t in self.tables}
 
 
 def counts_to_json(counts: list[TableCount], **meta: Any) -> dict[str, Any]:

@@ -41,8 +41,6 @@ TABLES_FILE = "tables.json"
 ENCRYPTED_TABLES_FILE = TABLES_OBJECT
 GLOBALS_FILE = "globals.sql"
 ENCRYPTED_GLOBALS_FILE = GLOBALS_OBJECT
-# The restore stage's count of the tables it read while indexes were built (core.counts).
-TABLES_READ_NOTE = "tables-read.json"
 
 # Below ``<target>/`` but not backup sets.
 PREFLIGHT_MARKER = ".preflight"

@@ -100,13 +100,8 @@ class UploadResult(Record):
 
 
 class RestoreResult(Record):
-    """How a restore went: the database, seconds, pg_restore jobs.
-
-    ``tables_read``: tables counted and fingerprinted while indexes were built (staged as the
-    note ``layout.TABLES_READ_NOTE`` for the proof); 0 when none were.
-    """
+    """How a restore went: the database, seconds, pg_restore jobs."""
 
     database: str
     seconds: float
     jobs: int
-    tables_read: int = 0

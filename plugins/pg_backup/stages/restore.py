@@ -2,27 +2,20 @@
 
 The scratch database is made by a setup task and dropped by a teardown, whatever happened in
 between. The dump's hash is checked in the pass that reads it before pg_restore starts.
-
-While pg_restore builds indexes and keys (most of a restore's time, and mostly one core), the
-tables, which hold all their rows by then, are counted and fingerprinted for the proof
-(``stages.verify.read_tables``), staged as a note the verify stage takes them from.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from pg_backup.adapters import staging
 from pg_backup.adapters.archive import dump_format_of, unpack_dump
 from pg_backup.adapters.pg_restore import restore_dump
 from pg_backup.core import layout
-from pg_backup.core.counts import TablesRead
 from pg_backup.core.dbprops import DatabaseGlobals
 from pg_backup.core.records import DumpResult, RestoreResult
 from pg_backup.stages.runtime import Runtime
-from pg_backup.stages.verify import read_tables
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +49,6 @@ def restore_staged(
         databases.create(database, dumped.database or dumped.encoding)
     target = databases.endpoint(database)
     store = rt.staging
-    store.drop_note(layout.TABLES_READ_NOTE)  # an earlier try's describes another database
-    doc = json.loads(store.read_small(dumped.tables))
-    read: list[TablesRead] = []
-
-    def while_indexing() -> None:
-        # Work saved for the proof, never a cause to fail the restore: the proof reads what
-        # is not read here.
-        try:
-            read.append(read_tables(target, doc, cfg))
-        except Exception as exc:  # noqa: BLE001
-            log.warning(
-                "restore: tables not read while indexes were built (%s): %s",
-                type(exc).__name__,
-                exc,
-            )
-
     # Unpacking a directory-format tar reads it once and checks its hash in that same pass.
     packed = dumped.dump_format == "directory"
     with store.local_copy(dump, "pg_restore -j reads it at random", checked=not packed) as path:
@@ -82,23 +59,12 @@ def restore_staged(
             staging.verify_file(path, dump, "restore")
         try:
             seconds = restore_dump(
-                target,
-                str(unpacked or path),
-                cfg.restore.jobs,
-                cfg.dump.pg_bin_dir,
-                while_indexing=while_indexing,
+                target, str(unpacked or path), cfg.restore.jobs, cfg.dump.pg_bin_dir
             )
         finally:
             if unpacked is not None:
                 staging.remove_dir(unpacked)
-    _configure(rt, doc, database)
-    if read:
-        store.write_note(layout.TABLES_READ_NOTE, read[0].model_dump_json().encode())
-        log.info(
-            "restore: %d table(s) counted and fingerprinted while indexes were built, %.1f s",
-            len(read[0].tables),
-            read[0].seconds,
-        )
+    _configure(rt, dumped, database)
     log.info(
         "restore done: %s into %s, %.1f MB/s, %.1f s (pg_restore -j %d)",
         f"{dump.bytes / 1e6:,.1f} MB",
@@ -107,19 +73,15 @@ def restore_staged(
         seconds,
         cfg.restore.jobs,
     )
-    return RestoreResult(
-        database=database,
-        seconds=round(seconds, 3),
-        jobs=cfg.restore.jobs,
-        tables_read=len(read[0].tables) if read else 0,
-    )
+    return RestoreResult(database=database, seconds=round(seconds, 3), jobs=cfg.restore.jobs)
 
 
-def _configure(rt: Runtime, raw: dict[str, Any], database: str) -> None:
+def _configure(rt: Runtime, dumped: DumpResult, database: str) -> None:
     """The source's database settings and comment on the scratch copy.
 
     Not its owner and grants: the scratch server need not have the source's roles.
     """
+    raw = json.loads(rt.staging.read_small(dumped.tables))
     if "globals" not in raw:
         return
     done = rt.scratch_databases.configure(

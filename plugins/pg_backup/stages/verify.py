@@ -6,11 +6,6 @@ inventory and every sequence value are compared with what the dump recorded in i
 and what was skipped and why, in numbers), then fails on any difference, naming each relation
 and object in a table (the log and the failure mail).
 
-Tables the restore stage already read while pg_restore built indexes and keys
-(``read_tables``, staged as a note) are taken from that note, not scanned again, when they are
-still the same storage of the same database; the rest (materialized views, partitions read
-through their root, large objects, the inventory, sequences) is read here.
-
 The restore and this proof run beside compress, encrypt and upload. The record reaches storage
 only through ``mark_verified`` (``stages.mark_verified``), once the upload has proven the set's
 bytes in storage: a verification record never describes bytes storage does not hold.
@@ -28,9 +23,7 @@ from pg_backup.adapters.pgconn import PgEndpoint
 from pg_backup.core import layout
 from pg_backup.core.config import TargetConfig
 from pg_backup.core.counts import (
-    MeasuredTable,
     TableCount,
-    TablesRead,
     compare_counts,
     counts_from_json,
     list_relations,
@@ -48,66 +41,10 @@ from pg_backup.stages.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def _database_oid(cur: Any) -> int:
-    """The oid of the connected database: a dropped and recreated one has another."""
-    cur.execute("SELECT oid FROM pg_database WHERE datname = current_database()")
-    row = cur.fetchone()
-    return int(row[0]) if row else 0
-
-
-def read_tables(target: PgEndpoint, doc: dict[str, Any], cfg: TargetConfig) -> TablesRead:
-    """Count and fingerprint every table of a restored database (not materialized views).
-
-    The restore stage calls it while pg_restore builds indexes and keys (they change no row:
-    ``adapters.pg_restore.plan_post_data``), so the proof need not scan the tables after.
-    A table the login may not read is left out: the proof reads it and says why.
-
-    :param doc: the set's ``tables.json`` (for the kind of fingerprint it recorded)
-    """
-    from psycopg import errors
-
-    started = time.monotonic()
-    schemas, exclude = cfg.dump.schemas, cfg.dump.exclude_schemas
-    with (
-        target.connect(autocommit=True, options=session_options()) as conn,
-        conn.cursor() as cur,
-    ):
-        fingerprint = _content_note(cur, doc.get("fingerprint") or {}) is None
-        database_oid = _database_oid(cur)
-        tables: list[MeasuredTable] = []
-        for relation in list_relations(cur, schemas, exclude):
-            if relation.kind != "table":
-                continue
-            try:
-                count, filenode = measure(cur, relation, fingerprint, check_storage=True)
-            except errors.InsufficientPrivilege:
-                continue
-            tables.append(
-                MeasuredTable(
-                    table_schema=count.schema,
-                    table_name=count.name,
-                    rows=count.rows,
-                    fingerprint=count.fingerprint,
-                    via_root=count.via_root,
-                    filenode=filenode if filenode is not None else relation.filenode,
-                )
-            )
-    return TablesRead(
-        database_oid=database_oid,
-        content=fingerprint,
-        seconds=round(time.monotonic() - started, 3),
-        tables=tables,
-    )
-
-
-def prove_database(
-    target: PgEndpoint, doc: dict[str, Any], cfg: TargetConfig, read: TablesRead | None = None
-) -> Proof:
+def prove_database(target: PgEndpoint, doc: dict[str, Any], cfg: TargetConfig) -> Proof:
     """Measure a restored database and compare it with the dump's table document.
 
     :param doc: the decrypted ``tables.json`` of the set (any release's)
-    :param read: tables already read in this database (``read_tables``): each is taken as read
-        while its storage (filenode) is the one it was read from, and scanned again otherwise
     """
     from psycopg import errors
 
@@ -120,16 +57,9 @@ def prove_database(
     ):
         note = _content_note(cur, recorded)
         fingerprint = note is None
-        already = read.usable(_database_oid(cur), fingerprint) if read else {}
         restored: list[TableCount] = []
         hidden: list[tuple[str, str]] = []
-        taken = 0
         for relation in list_relations(cur, schemas, exclude):
-            done = already.get((relation.schema, relation.name))
-            if done is not None and relation.kind == "table" and done.filenode == relation.filenode:
-                restored.append(done.count())
-                taken += 1
-                continue
             try:
                 restored.append(measure(cur, relation, fingerprint)[0])
             except errors.InsufficientPrivilege as exc:
@@ -150,14 +80,6 @@ def prove_database(
                 sequence_values(cur, schemas, exclude),
                 superuser=bool(row and row[0]),
             )
-    if read is not None:
-        log.info(
-            "verify: %d of %d table(s) as the restore read them (%.1f s, while indexes were "
-            "built); the rest read now",
-            taken,
-            len(read.tables),
-            read.seconds,
-        )
     unreadable = {label for label, _ in hidden}
     rows = compare_counts(
         [c for c in expected if c.label not in unreadable],
@@ -208,8 +130,7 @@ def verify_restore(rt: Runtime, dumped: DumpResult, restored: RestoreResult) -> 
     rt.staging.drop_note(layout.VERIFICATION_OBJECT)  # an earlier try's never stands for this
     doc = json.loads(rt.staging.read_small(dumped.tables))
     target = rt.scratch_databases.endpoint(restored.database)
-    note = rt.staging.read_note(layout.TABLES_READ_NOTE) if restored.tables_read else None
-    proof = prove_database(target, doc, cfg, TablesRead.model_validate_json(note) if note else None)
+    proof = prove_database(target, doc, cfg)
     record = Verification(
         backup_id=run.backup_id,
         status="verified" if proof.ok else "failed",
