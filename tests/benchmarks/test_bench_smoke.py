@@ -6,6 +6,7 @@ The real benchmark (0.25/1/4 GB, repeated) is `make bench`, not part of `make te
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 
 import pytest
@@ -86,3 +87,26 @@ def test_the_report_names_the_first_zstd_level_that_would_meet_the_size_target()
     none = _level_needed(sweep, ratio=1.1)
     assert none.startswith("no zstd level reaches it") and "level 12" in none
     assert "about 0.97×" in none
+
+
+def test_restore_settings_restores_once_per_setting_and_drops_what_it_made(make_db, tmp_path):
+    """Each setting reaches pg_restore's sessions (a bad one fails the run), nothing is left."""
+    from tests.benchmarks import restore_settings
+    from tests.conftest import psql
+
+    made = "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgb_bench_settings_%'"
+    before = psql(made)
+    db = make_db("pgb_bench_rs")
+    psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)", db)
+    common = ["--host", PG_HOST, "--port", str(PG_PORT), "--user", PG_USER, "--db", db]
+    out = tmp_path / "rs.json"
+    settings = ["--setting", "", "--setting", "maintenance_work_mem=128MB"]
+    assert restore_settings.main([*common, "--repeat", "1", *settings, "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted(runs) == ["", "maintenance_work_mem=128MB"]
+    assert all(len(times) == 1 and times[0] > 0 for times in runs.values())
+    with pytest.raises(subprocess.CalledProcessError, match="pg_restore"):
+        restore_settings.main(
+            [*common, "--repeat", "1", "--setting", "no_such=1", "--out", str(out)]
+        )
+    assert psql(made) == before
