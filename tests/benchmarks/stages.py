@@ -99,7 +99,10 @@ def run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
     if stage == "restore":
         from pg_backup.stages.restore import restore_staged
 
-        return restore_staged(rt, dumped, spec["database"]).to_xcom()
+        # The bench made the database: restored into as it is, like the DAG's restore.
+        return restore_staged(
+            rt, dumped, spec["database"], made_in=dumped.database or dumped.encoding
+        ).to_xcom()
     if stage == "verify":
         from pg_backup.stages.verify import verify_restore
 

@@ -334,11 +334,12 @@ def test_every_stage_is_a_task_named_after_it(dagbag: Any, dag_id: str) -> None:
 
 @pytest.mark.parametrize("dag_id", SCHEDULED + EMERGENCY)
 def test_restore_branch_beside_the_upload_and_dumps_first(dagbag: Any, dag_id: str) -> None:
-    """The restore depends on the dump only; mark_verified on upload and verify; dumps outrank restores."""
+    """The restore depends on the dump only, its database is made beside the dump (from preflight); mark_verified on upload and verify; dumps outrank restores."""
     d = dag(dagbag, dag_id)
     task = d.get_task
-    assert task("create_scratch_db").upstream_task_ids == {"dump"}
-    assert task("restore").upstream_task_ids == {"dump", "create_scratch_db"}
+    assert task("create_scratch_db").upstream_task_ids == {"preflight"}
+    assert "create_scratch_db" not in task("dump").upstream_task_ids
+    assert task("restore").upstream_task_ids == {"dump", "create_scratch_db", "preflight"}
     assert task("verify").upstream_task_ids == {"dump", "restore"}
     assert task("mark_verified").upstream_task_ids == {"upload", "verify"}
     assert task("mark_verified").trigger_rule == "all_done_min_one_success"

@@ -46,7 +46,7 @@ def test_one_upload_task_per_destination_and_a_check_that_names_the_missing(mult
             assert task.execution_timeout == multi.timeouts.upload
             assert task.downstream_task_ids == {"mark_verified", "check_destinations"}
         # The proof does not wait for any destination; its record waits for them all.
-        assert dag.get_task("create_scratch_db").upstream_task_ids == {"dump"}
+        assert dag.get_task("create_scratch_db").upstream_task_ids == {"preflight"}
         mark = dag.get_task("mark_verified")
         assert mark.upstream_task_ids == {*uploads, "verify"}
         assert mark.trigger_rule == "all_done_min_one_success"

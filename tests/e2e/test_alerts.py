@@ -174,9 +174,12 @@ def test_emergency_backup_via_rest_api_succeeds_and_mails_nothing(airflow_stack:
         )
 
     storing = span("compress", "encrypt", "upload")
-    proving = span("create_scratch_db", "restore", "verify")
+    proving = span("restore", "verify")
     assert proving[0] < storing[1] and storing[0] < proving[1], (storing, proving)
     assert parse_time(tis["dump"]["end_date"]) <= min(storing[0], proving[0])
+    # The scratch database is made once preflight read the source's locale, beside the dump.
+    made = span("create_scratch_db")
+    assert parse_time(tis["preflight"]["end_date"]) <= made[0] and made[1] <= proving[0]
     assert parse_time(tis["mark_verified"]["start_date"]) >= max(storing[1], proving[1])
 
     # What the green run stands for: a complete, verified set in storage.

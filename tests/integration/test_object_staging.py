@@ -83,7 +83,7 @@ def test_stages_on_workers_without_shared_disk_hand_over_through_the_store(
     compressed = compress_dump(worker(2), dumped.dump)
     encrypted = encrypt_set(worker(3), compressed, dumped.tables, dumped.globals)
     uploaded = upload_set(worker(4), dumped, encrypted)
-    database = create_scratch_db(worker(5), dumped)
+    database = create_scratch_db(worker(5), dumped.database)
     try:
         said: list[str] = []
         handler = logging.Handler(logging.INFO)
@@ -91,7 +91,7 @@ def test_stages_on_workers_without_shared_disk_hand_over_through_the_store(
         logger = logging.getLogger("pg_backup.adapters.run_staging")
         logger.addHandler(handler)
         try:
-            restored = restore_staged(worker(5), dumped, database)
+            restored = restore_staged(worker(5), dumped, database, made_in=dumped.database)
         finally:
             logger.removeHandler(handler)
         assert any("to local disk" in line and "pg_restore -j" in line for line in said), said

@@ -271,9 +271,9 @@ def test_source_down_after_the_dump_neither_fails_verification_nor_opens_the_gua
     )
     # The source connection now leads nowhere (a failover, an outage).
     os.environ[f"AIRFLOW_CONN_PGB_SRC_{h.name.upper()}"] = conn_json(h.source_db, port=free_port())
-    database = create_scratch_db(Runtime(cfg, run), dumped)
+    database = create_scratch_db(Runtime(cfg, run), checked.locale)
     try:
-        restored = restore_staged(Runtime(cfg, run), dumped, database)
+        restored = restore_staged(Runtime(cfg, run), dumped, database, made_in=checked.locale)
         record = verify_restore(Runtime(cfg, run), dumped, restored)
         assert record.status == "verified" and record.rows_checked == 550
         # The same server under the same spelling as the scratch connection: only the

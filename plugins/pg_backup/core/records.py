@@ -62,6 +62,9 @@ class PreflightResult(Record):
     staging_free_bytes: int
     # Recorded in the manifest, so a restore can tell the source apart with the source down.
     source: SourceIdentity | None = None
+    # The source database's encoding and locale: the scratch database is made in it while the
+    # dump runs (None from runs before it was recorded).
+    locale: DatabaseLocale | None = None
 
 
 class DumpResult(Record):

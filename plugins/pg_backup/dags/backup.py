@@ -79,7 +79,7 @@ TASK_DOCS = {
     CHECK_DESTINATIONS: "Fails the run, naming them, when a destination does not hold the "
     "set (its upload task failed); clear that upload task once the destination answers.",
     BackupTask.CREATE_SCRATCH_DB: "Setup: an empty pgb_verify_<backup id> database on the "
-    "scratch server.",
+    "scratch server, in the source's locale as preflight read it, while the dump runs.",
     Stage.RESTORE: "pg_restore -j into the scratch database; any error fails with its messages.",
     Stage.VERIFY: "Restored rows, content fingerprints, objects and sequence values == the "
     "snapshot's; stages the record (stored by mark_verified once the upload succeeded).",
@@ -286,17 +286,19 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
                 raise _AlreadyReported(str(exc)) from None
 
         @side_task(BackupTask.CREATE_SCRATCH_DB)
-        def create_scratch_db(dumped: dict[str, Any], **context: Any) -> str:
-            from pg_backup.core.records import DumpResult
+        def create_scratch_db(checked: dict[str, Any], **context: Any) -> str:
+            from pg_backup.core.records import PreflightResult
             from pg_backup.stages.restore import create_scratch_db as create
 
             if not verifying(context):
                 raise AirflowSkipException("verify=false: no verification restore")
-            return create(runtime(context), DumpResult.from_xcom(dumped))
+            return create(runtime(context), PreflightResult.from_xcom(checked).locale)
 
         @stage(Stage.RESTORE, **pooled(Stage.RESTORE))
-        def restore(dumped: dict[str, Any], database: str, **context: Any) -> dict[str, Any]:
-            from pg_backup.core.records import DumpResult
+        def restore(
+            dumped: dict[str, Any], database: str, checked: dict[str, Any], **context: Any
+        ) -> dict[str, Any]:
+            from pg_backup.core.records import DumpResult, PreflightResult
             from pg_backup.stages.restore import restore_staged
 
             return restore_staged(
@@ -304,6 +306,7 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
                 DumpResult.from_xcom(dumped),
                 database,
                 attempt=context["ti"].try_number,
+                made_in=PreflightResult.from_xcom(checked).locale,
             ).to_xcom()
 
         @stage(Stage.VERIFY)
@@ -368,9 +371,10 @@ def build_backup_dag(cfg: TargetConfig, kind: Kind) -> DAG:
         compressed = compress(dumped)
         encrypted = encrypt(compressed, dumped)
         uploads = [upload_task(name)(dumped, encrypted, checked) for name in destinations]
-        # The verification restore needs only the staged dump: it runs beside the uploads.
-        scratch = create_scratch_db(dumped)
-        restored = restore(dumped, scratch)
+        # The verification restore needs only the staged dump: it runs beside the uploads. Its
+        # empty database is made in the source's locale (from preflight) while the dump runs.
+        scratch = create_scratch_db(checked)
+        restored = restore(dumped, scratch, checked)
         verified = verify(dumped, restored)
         marked = mark_verified()
         dropped = drop_scratch_db().as_teardown(setups=scratch)

@@ -473,4 +473,5 @@ def run_preflight(rt: Runtime) -> PreflightResult:
         estimated_bytes=preflight.estimated,
         staging_free_bytes=preflight.staging_free,
         source=preflight.source_identity,
+        locale=preflight.locale,
     )

@@ -13,17 +13,23 @@ from pg_backup.adapters import staging
 from pg_backup.adapters.archive import dump_format_of, unpack_dump
 from pg_backup.adapters.pg_restore import restore_dump
 from pg_backup.core import layout
-from pg_backup.core.dbprops import DatabaseGlobals
+from pg_backup.core.dbprops import DatabaseGlobals, DatabaseLocale
 from pg_backup.core.records import DumpResult, RestoreResult
 from pg_backup.stages.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def create_scratch_db(rt: Runtime, dumped: DumpResult) -> str:
-    """Set-up task: the empty verification database, in the source's encoding and locale."""
+def create_scratch_db(rt: Runtime, locale: DatabaseLocale | None) -> str:
+    """Set-up task: the empty verification database, in the source's encoding and locale.
+
+    :param locale: as preflight read it (``PreflightResult.locale``), so this runs beside the
+        dump; None (a run from before preflight recorded it) gives UTF8 with the C locale. The
+        restore makes the database again in the dump's own locale should that differ
+        (``restore_staged``).
+    """
     name = layout.scratch_db_name(rt.run.backup_id)
-    rt.scratch_databases.create(name, dumped.database or dumped.encoding)
+    rt.scratch_databases.create(name, locale or "UTF8")
     return name
 
 
@@ -36,17 +42,24 @@ def drop_scratch_db(rt: Runtime) -> bool:
 
 
 def restore_staged(
-    rt: Runtime, dumped: DumpResult, database: str, attempt: int = 1
+    rt: Runtime,
+    dumped: DumpResult,
+    database: str,
+    attempt: int = 1,
+    made_in: DatabaseLocale | None = None,
 ) -> RestoreResult:
     """Restore the staged dump (checked against its hash first) into the scratch database.
 
     :param attempt: the task's try number; a retry starts again from an empty database, since
         the attempt before may have restored half the objects
+    :param made_in: the locale ``create_scratch_db`` made the database in (preflight's); when
+        it is not the dump's own (the source database was made again between preflight and
+        the dump, or a run from before preflight recorded it), the database is made again in
+        the dump's
     """
     cfg, dump = rt.cfg, dumped.dump
     databases = rt.scratch_databases
-    if attempt > 1:
-        databases.create(database, dumped.database or dumped.encoding)
+    wanted = dumped.database or dumped.encoding
     target = databases.endpoint(database)
     store = rt.staging
     # Unpacking a directory-format tar reads it once and checks its hash in that same pass.
@@ -58,6 +71,11 @@ def restore_staged(
         elif packed:
             staging.verify_file(path, dump, "restore")
         try:
+            # Only once the dump is proven: a dump failing its check leaves nothing made here.
+            if attempt > 1 or made_in != wanted:
+                if attempt == 1:
+                    log.info("restore: making %s again, in the dump's locale %s", database, wanted)
+                databases.create(database, wanted)
             seconds = restore_dump(
                 target, str(unpacked or path), cfg.restore.jobs, cfg.dump.pg_bin_dir
             )
