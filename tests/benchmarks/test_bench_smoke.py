@@ -89,6 +89,39 @@ def test_the_report_names_the_first_zstd_level_that_would_meet_the_size_target()
     assert "about 0.97×" in none
 
 
+def _size(label: str, gb: float, walls: dict[str, float]) -> dict:
+    rows = [{"scenario": n, "rep": 1, "wall": w, "notes": {}} for n, w in walls.items()]
+    return {"size": label, "db_bytes": gb * 1e9, "results": rows}
+
+
+def test_the_report_splits_g_overhead_into_a_part_per_run_and_a_part_per_gb():
+    """Fitted through the sizes: a size whose budget the per-run part alone exceeds is told
+    apart from one over budget by its per-GB part, and the size the target is met from is
+    where the two lines cross."""
+    from tests.benchmarks.report import Size, _g_fixed
+
+    # G - (C + R) = 6 s + 4 s/GB exactly; C + R = 40 s per GB, so the budget is 6 s per GB.
+    sizes = [
+        Size(_size(label, gb, {"C": 10 * gb, "R": 30 * gb, "G": 40 * gb + 6 + 4 * gb}))
+        for label, gb in (("0.5G", 0.5), ("2G", 2.0), ("4G", 4.0))
+    ]
+    text = "\n".join(_g_fixed(sizes))
+    assert "G − (C + R) = 6.0 s + 4.00 s per GB" in text
+    rows = {ln.split(" | ")[0]: ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert rows["| 0.5G"].startswith("| 0.5G | 20.0 | 3.0 | 8.0 | 6.0 | missed: the part every")
+    assert rows["| 0.5G"].endswith("is over the budget by itself |")
+    assert rows["| 2G"] == "| 2G | 80.0 | 12.0 | 14.0 | 6.0 | missed by 2.0 s |"
+    assert rows["| 4G"] == "| 4G | 160.0 | 24.0 | 22.0 | 6.0 | met |"
+    assert "met from about 3.0 GB up" in text
+    # Each GB adding more than its budget: missed at every size, whatever the fixed part.
+    steep = [
+        Size(_size(label, gb, {"C": 10 * gb, "R": 30 * gb, "G": 40 * gb + 8 * gb}))
+        for label, gb in (("1G", 1.0), ("4G", 4.0))
+    ]
+    assert "missed at every size" in "\n".join(_g_fixed(steep))
+    assert _g_fixed(sizes[:1]) == []
+
+
 def test_restore_settings_restores_once_per_setting_and_drops_what_it_made(make_db, tmp_path):
     """Each setting reaches pg_restore's sessions (a bad one fails the run), nothing is left."""
     from tests.benchmarks import restore_settings
