@@ -89,37 +89,55 @@ def test_the_report_names_the_first_zstd_level_that_would_meet_the_size_target()
     assert "about 0.97×" in none
 
 
-def _size(label: str, gb: float, walls: dict[str, float]) -> dict:
+def _size(label: str, walls: dict[str, float], path: dict[str, float]) -> dict:
+    """One size's results: a run of each scenario, G with its tasks one after another."""
+    from datetime import datetime, timedelta
+
+    at, tasks = datetime(2026, 1, 1), {}
+    for task, seconds in path.items():
+        tasks[task] = {
+            "start": at.isoformat(),
+            "end": (at + timedelta(seconds=seconds)).isoformat(),
+        }
+        at += timedelta(seconds=seconds + 1)  # one second between tasks
     rows = [{"scenario": n, "rep": 1, "wall": w, "notes": {}} for n, w in walls.items()]
-    return {"size": label, "db_bytes": gb * 1e9, "results": rows}
+    rows[-1]["notes"]["tasks"] = tasks
+    return {"size": label, "db_bytes": 1e9, "results": rows}
 
 
-def test_the_report_splits_g_overhead_into_a_part_per_run_and_a_part_per_gb():
-    """Fitted through the sizes: a size whose budget the per-run part alone exceeds is told
-    apart from one over budget by its per-GB part, and the size the target is met from is
-    where the two lines cross."""
+def test_the_report_splits_g_overhead_into_what_every_run_pays_and_the_rest():
+    """Measured on G's longest path: a size whose budget the per-run part alone exceeds is
+    told apart from one over budget by the work that grows with the data."""
     from tests.benchmarks.report import Size, _g_fixed
 
-    # G - (C + R) = 6 s + 4 s/GB exactly; C + R = 40 s per GB, so the budget is 6 s per GB.
-    sizes = [
-        Size(_size(label, gb, {"C": 10 * gb, "R": 30 * gb, "G": 40 * gb + 6 + 4 * gb}))
-        for label, gb in (("0.5G", 0.5), ("2G", 2.0), ("4G", 4.0))
-    ]
-    text = "\n".join(_g_fixed(sizes))
-    assert "G − (C + R) = 6.0 s + 4.00 s per GB" in text
+    def size(label: str, floor: float, dump: float, restore: float, verify: float) -> Size:
+        path = {"preflight": 1, "dump": dump, "restore": restore, "verify": verify}
+        path["mark_verified"] = 1
+        g = sum(path.values()) + 4 + 2  # 4 gaps of 1 s, 2 s before the first task
+        return Size(_size(label, {"C": dump, "R": floor - dump, "G": g}, path))
+
+    # Every run pays preflight 1 + mark_verified 1 + gaps 4 + before 2 = 8 s.
+    text = "\n".join(
+        _g_fixed(
+            [
+                size(
+                    "small", 20, dump=2, restore=18, verify=1
+                ),  # over by 9 s, budget 3 s: 8 s per run
+                size(
+                    "mid", 80, dump=10, restore=72, verify=2
+                ),  # over by 12 s, budget 12 s: met at the limit
+                size("big", 160, dump=20, restore=146, verify=4),  # over by 18 s, budget 24 s
+            ]
+        )
+    )
     rows = {ln.split(" | ")[0]: ln for ln in text.splitlines() if ln.startswith("| ")}
-    assert rows["| 0.5G"].startswith("| 0.5G | 20.0 | 3.0 | 8.0 | 6.0 | missed: the part every")
-    assert rows["| 0.5G"].endswith("is over the budget by itself |")
-    assert rows["| 2G"] == "| 2G | 80.0 | 12.0 | 14.0 | 6.0 | missed by 2.0 s |"
-    assert rows["| 4G"] == "| 4G | 160.0 | 24.0 | 22.0 | 6.0 | met |"
-    assert "met from about 3.0 GB up" in text
-    # Each GB adding more than its budget: missed at every size, whatever the fixed part.
-    steep = [
-        Size(_size(label, gb, {"C": 10 * gb, "R": 30 * gb, "G": 40 * gb + 8 * gb}))
-        for label, gb in (("1G", 1.0), ("4G", 4.0))
-    ]
-    assert "missed at every size" in "\n".join(_g_fixed(steep))
-    assert _g_fixed(sizes[:1]) == []
+    assert rows["| small"].startswith("| small | 20.0 | 3.0 | 9.0 | 8.0 | 1.0 | missed: the")
+    assert rows["| small"].endswith("part every run pays is over the budget by itself |")
+    assert rows["| mid"] == "| mid | 80.0 | 12.0 | 12.0 | 8.0 | 4.0 | met |"
+    assert rows["| big"] == "| big | 160.0 | 24.0 | 18.0 | 8.0 | 10.0 | met |"
+    tight = _g_fixed([size("tight", 60, dump=10, restore=55, verify=4)])
+    assert "| tight | 60.0 | 9.0 | 17.0 | 8.0 | 9.0 | missed by 8.0 s |" in tight
+    assert _g_fixed([Size(_size("no G", {"C": 1.0, "R": 2.0}, {}))]) == []
 
 
 def test_restore_settings_restores_once_per_setting_and_drops_what_it_made(make_db, tmp_path):
